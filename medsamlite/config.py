@@ -1,0 +1,60 @@
+"""Model configuration: the single source of each registry entry's constants (torch-free)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What code needs to know about a model without building it.
+
+    `input_size` is the square encoder input S; boxes are given to the prompt encoder in the
+    same S frame (`box_frame`). `normalization` is "minmax" (per image to [0, 1], the task's
+    convention) or "imagenet" (min-max, then ImageNet mean/std, EfficientViT-SAM upstream).
+    """
+
+    name: str
+    encoder: str
+    input_size: int = 256
+    embed_dim: int = 256
+    embed_size: int = 64
+    normalization: str = "minmax"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+    description: str = ""
+
+    @property
+    def box_frame(self) -> int:
+        return self.input_size
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the mask decoder's logits (4x the embedding grid)."""
+        return 4 * self.embed_size
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        return (self.embed_dim, self.embed_size, self.embed_size)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; expected a subset of {sorted(names)}")
+        return cls(**d)

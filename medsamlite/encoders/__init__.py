@@ -1,0 +1,2 @@
+"""Image encoders: each file registers its builders and owns the map from its reference keys to ours."""
+from . import efficientvit, repvit, swin, tinyvit  # noqa: F401  (registration side effects)

@@ -1,0 +1,1 @@
+"""SAM heads (prompt encoder, mask decoder) and `SamLite`, an encoder composed with them."""
