@@ -25,6 +25,8 @@ class ModelConfig:
     embed_dim: int = 256
     embed_size: int = 64
     normalization: str = "minmax"
+    # EfficientViT-SAM sets every LayerNorm of the model, the decoder's included, to eps 1e-6
+    decoder_norm_eps: float = 1e-5
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     description: str = ""

@@ -27,7 +27,8 @@ class SamLite(nn.Module):
                                             mask_in_chans=16)
         self.mask_decoder = MaskDecoder(
             transformer_dim=config.embed_dim, num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=config.embed_dim, mlp_dim=2048, num_heads=8))
+            transformer=TwoWayTransformer(depth=2, embedding_dim=config.embed_dim, mlp_dim=2048, num_heads=8,
+                                           norm_eps=config.decoder_norm_eps))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (B, 3, S, S) to image embeddings (B, 256, 64, 64)."""

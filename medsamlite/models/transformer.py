@@ -38,15 +38,16 @@ class TwoWayAttentionBlock(nn.Module):
     """Self-attention of tokens, tokens->image, MLP on tokens, image->tokens."""
 
     def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, activation=nn.ReLU,
-                 attention_downsample_rate: int = 2, skip_first_layer_pe: bool = False) -> None:
+                 attention_downsample_rate: int = 2, skip_first_layer_pe: bool = False,
+                 norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
-        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.norm1 = nn.LayerNorm(embedding_dim, eps=norm_eps)
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.norm2 = nn.LayerNorm(embedding_dim, eps=norm_eps)
         self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
-        self.norm3 = nn.LayerNorm(embedding_dim)
-        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.norm3 = nn.LayerNorm(embedding_dim, eps=norm_eps)
+        self.norm4 = nn.LayerNorm(embedding_dim, eps=norm_eps)
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
@@ -70,14 +71,14 @@ class TwoWayTransformer(nn.Module):
     """`depth` two-way blocks and a final token-to-image attention."""
 
     def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 activation=nn.ReLU, attention_downsample_rate: int = 2) -> None:
+                 activation=nn.ReLU, attention_downsample_rate: int = 2, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate,
-                                 skip_first_layer_pe=(i == 0))
+                                 skip_first_layer_pe=(i == 0), norm_eps=norm_eps)
             for i in range(depth))
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim, eps=norm_eps)
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
                 point_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
