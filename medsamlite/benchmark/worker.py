@@ -1,0 +1,145 @@
+"""One model's benchmark run in its own process: load once, predict every case, report time and peak memory.
+
+`python -m medsamlite.benchmark.worker SPEC.json` reads a `WorkerSpec` and writes one JSON line per event to
+`spec.results`: a "model" line (weights, cold-start seconds, RSS after loading), then a "case" line per case.
+Cold start runs from the parent's launch of the process (`spec.launched`) to the engine being ready:
+interpreter start, imports, model build and weights, as in the task's one-process-per-case timing.
+
+Peak memory per case: on Linux the process's peak RSS (VmHWM) is reset before each case by writing "5" to
+/proc/self/clear_refs and read back after it, so each case's figure is its own peak (model weights, runtime
+and buffers included, as the task's 8 GB limit sees them). Elsewhere the figure is `ru_maxrss`, the peak so
+far in the process (`rss_method` says which).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+@dataclass
+class WorkerSpec:
+    """What one worker process runs: a model (with weights and backend) over a list of cases."""
+
+    model: str
+    cases: list[str]
+    out_dir: str
+    results: str
+    backend: str = "torch"
+    checkpoint: str | None = None
+    precision: str = "f32"
+    threads: int | None = None
+    seed: int = 0  # initialisation of models benchmarked without trained weights
+    launched: float = 0.0  # time.time() when the parent started this process
+
+
+def reset_peak_rss() -> str:
+    """Reset the peak RSS counter when the OS allows it; returns the method `peak_rss_mb` will use."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return "vmhwm-per-case"
+    except OSError:
+        return "ru_maxrss-cumulative"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory (MiB) since the last reset (Linux) or since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2 ** 20
+
+
+def has_trained_weights(model: str, checkpoint: str | None) -> bool:
+    """A checkpoint was given, or the model's packaged trained weights are installed."""
+    if checkpoint is not None:
+        return True
+    from ..checkpoints import CheckpointError, pretrained_path
+    from ..registry import get_model_config
+
+    config = get_model_config(model)
+    if config.pretrained is None:
+        return False
+    try:
+        pretrained_path(config)
+    except CheckpointError:
+        return False
+    return True
+
+
+def load_engine(spec: WorkerSpec, trained: bool) -> Any:
+    """The engine to benchmark: trained weights through `medsamlite predict`'s loader, else a seeded random init."""
+    if trained:
+        from ..inference.cli import load_engine as load_trained
+
+        return load_trained(argparse.Namespace(model=spec.model, checkpoint=spec.checkpoint,
+                                               pretrained=spec.checkpoint is None, backend=spec.backend,
+                                               precision=spec.precision, threads=spec.threads))
+    import torch
+
+    from ..registry import create_model
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.model)
+    if spec.backend == "torch":
+        from ..inference.cli import _torch_precision
+        from ..inference.torch_engine import TorchEngine
+
+        return TorchEngine(model, precision=_torch_precision(spec.precision))
+    from ..export import compile
+
+    return compile(model, backend=spec.backend, precision=spec.precision, threads=spec.threads)
+
+
+def run(spec: WorkerSpec) -> None:
+    from ..inference.predictor import Predictor
+
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(spec.results, "a") as log:
+        def emit(**record: Any) -> None:
+            log.write(json.dumps({"model": spec.model, "backend": spec.backend, **record}) + "\n")
+            log.flush()
+
+        trained = has_trained_weights(spec.model, spec.checkpoint)
+        engine = load_engine(spec, trained)
+        predictor = Predictor(engine)
+        emit(event="model", weights="trained" if trained else "random", load_seconds=time.time() - spec.launched,
+             rss_after_load_mb=peak_rss_mb(), input_size=predictor.config.input_size)
+        for case in map(Path, spec.cases):
+            method = reset_peak_rss()
+            try:
+                result = predictor.predict_file(case, out / case.name)
+            except Exception as error:  # one failing case never stops the others
+                emit(event="case", case=case.name, status="error", error=" ".join(str(error).split()))
+                continue
+            emit(event="case", case=case.name, status="ok", seconds=result.seconds, phases=result.phases,
+                 boxes=result.boxes, peak_rss_mb=peak_rss_mb(), rss_method=method, segs=str(result.out_path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m medsamlite.benchmark.worker SPEC.json", file=sys.stderr)
+        return 2
+    run(WorkerSpec(**json.loads(Path(argv[0]).read_text())))
+    return 0
+
+
+def write_spec(spec: WorkerSpec, path: Path) -> Path:
+    path.write_text(json.dumps(asdict(spec), indent=1))
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
