@@ -1,0 +1,305 @@
+"""Training datasets over a folder of task-format `.npz` cases, preprocessed exactly as inference does.
+
+Two layouts are read: the task's (`imgs/<name>.npz` with `imgs`, `boxes`, `spacing` beside
+`gts/<name>.npz` with `gts`, as the synthetic generator writes them) and the challenge's training
+files (one `.npz` holding both `imgs` and `gts`, in any sub-folders). 2D images are (H, W, 3) or
+(H, W); 3D volumes (D, H, W) are used as slices. Images go through `preprocess.preprocess_image`,
+boxes through `preprocess.scale_boxes`, so the model sees in training what it sees at inference.
+
+Randomness (slice, label, flips, box widening) comes from a generator seeded with
+(seed, epoch, index): an item is the same whatever the number of DataLoader workers, `set_epoch`
+gives a new draw per epoch, and a resumed run replays the same items. Call `set_epoch` before each
+epoch's iterator is created (workers get a fresh copy of the dataset unless `persistent_workers`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import ModelConfig
+from ..inference.npz import CaseError, check_image, kind_from_name
+from ..preprocess import pad_bottom_right, preprocess_image, resize_longest_side, scale_boxes
+from .modality import case_stem, parse_modality
+
+SLICE_MODES = ("random", "all")
+
+
+def find_cases(root: str | Path) -> list[Path]:
+    """The case files under `root`: `root/imgs/*.npz` in the task layout, else every `*.npz` below `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of .npz cases")
+    files = sorted((root / "imgs").glob("*.npz")) if (root / "imgs").is_dir() else sorted(root.rglob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{root}: no .npz cases found (expected imgs/*.npz or *.npz files)")
+    return files
+
+
+def _as_files(cases: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(cases, (str, Path)):
+        return find_cases(cases)
+    files = [Path(f) for f in cases]
+    if not files:
+        raise ValueError("no case files given")
+    return files
+
+
+def gts_path(image_path: Path) -> Path:
+    """Where a case's labels live: `../gts/<name>.npz` beside an `imgs/` folder, else the file itself."""
+    if image_path.parent.name == "imgs":
+        candidate = image_path.parent.parent / "gts" / image_path.name
+        if candidate.exists():
+            return candidate
+    return image_path
+
+
+def _load_key(path: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if key not in archive.files:
+                raise CaseError(f"{path}: missing key '{key}'; found keys {archive.files}")
+            return archive[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise CaseError(f"{path}: cannot read key '{key}' ({type(error).__name__}: {error}); "
+                        "expected a task .npz case") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A case's `imgs`, validated: (H, W[, 1|3]) for 2D, (D, H, W) for 3D."""
+    imgs = _load_key(path, "imgs")
+    kind = kind_from_name(path.name) or ("3D" if imgs.ndim == 3 and imgs.shape[2] not in (1, 3) else "2D")
+    return check_image(imgs, kind, str(path))
+
+
+def read_labels(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
+    """A case's integer label map `gts`, checked against the image's spatial shape."""
+    source = gts_path(path)
+    gts = _load_key(source, "gts")
+    spatial = image_shape if gts.ndim == 3 else image_shape[:2]
+    if tuple(gts.shape) != tuple(spatial):
+        raise CaseError(f"{source}: key 'gts' has shape {gts.shape}; expected {tuple(spatial)} like 'imgs' of {path}")
+    if not np.issubdtype(gts.dtype, np.integer):
+        raise CaseError(f"{source}: key 'gts' has dtype {gts.dtype}; expected integer labels")
+    return gts
+
+
+def split_cases(files: Sequence[str | Path], val_fraction: float = 0.2, seed: int = 0,
+                modality_overrides: Mapping[str, str] | None = None) -> tuple[list[Path], list[Path]]:
+    """Split case files (never slices of one case) into train and validation, stratified by modality.
+
+    Each modality with at least two cases keeps at least one in each part.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    groups: dict[str, list[Path]] = {}
+    for f in sorted(Path(f) for f in files):
+        groups.setdefault(parse_modality(f, modality_overrides), []).append(f)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for modality in sorted(groups):
+        group = [groups[modality][i] for i in rng.permutation(len(groups[modality]))]
+        n_val = int(round(len(group) * val_fraction))
+        n_val = min(max(n_val, 1), len(group) - 1) if len(group) > 1 else 0
+        val += group[:n_val]
+        train += group[n_val:]
+    return sorted(train), sorted(val)
+
+
+def _flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """Random left-right and up-down flips (each with p = 0.5), the same for every array."""
+    for axis in (1, 0):
+        if rng.random() < 0.5:
+            arrays = [np.flip(a, axis=axis) for a in arrays]
+    return [np.ascontiguousarray(a) for a in arrays]
+
+
+def mask_to_frame(mask: np.ndarray, input_size: int, size: int) -> np.ndarray:
+    """A binary (H, W) mask in the model's padded S frame, then at `size` (the decoder's low-res frame)."""
+    framed = pad_bottom_right(resize_longest_side(mask.astype(np.float32), input_size) >= 0.5, input_size)
+    if size != input_size:  # area-average then threshold: thin structures survive better than nearest
+        framed = resize_longest_side(framed.astype(np.float32), size) >= 0.5
+    return framed.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    case: int
+    slice: int  # -1: a 2D case, or a 3D case whose slice is drawn per epoch
+
+
+class NpzCases(Dataset):
+    """Shared case listing, reading, slicing, modality and seeding of the two datasets below."""
+
+    def __init__(self, cases: str | Path | Sequence[str | Path], slices: str = "random", augment: bool = True,
+                 modality_overrides: Mapping[str, str] | None = None, seed: int = 0) -> None:
+        if slices not in SLICE_MODES:
+            raise ValueError(f"slices must be one of {SLICE_MODES}, got {slices!r}")
+        self.files = _as_files(cases)
+        self.slices, self.augment, self.seed, self.epoch = slices, augment, seed, 0
+        self.case_modalities = [parse_modality(f, modality_overrides) for f in self.files]
+        self.entries: list[_Entry] = []
+        self.candidate_slices: list[np.ndarray] = []  # per case: the slices an item may use
+        self.skipped: list[str] = []
+        for i, f in enumerate(self.files):
+            candidates = self._candidate_slices(f)
+            self.candidate_slices.append(candidates)
+            if candidates.size == 0:
+                self.skipped.append(f"{f}: no labelled pixel")
+            elif candidates[0] < 0 or slices == "random":
+                self.entries.append(_Entry(i, -1))
+            else:
+                self.entries.extend(_Entry(i, int(z)) for z in candidates)
+        if not self.entries:
+            raise ValueError(f"no usable cases among {len(self.files)} files: {'; '.join(self.skipped[:5])}")
+        if self.skipped:
+            warnings.warn(f"{len(self.skipped)} case(s) skipped: {'; '.join(self.skipped[:5])}", stacklevel=2)
+
+    def _candidate_slices(self, path: Path) -> np.ndarray:
+        """[-1] for a usable 2D case, the usable slice indices of a 3D case, empty if none."""
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's random choices (slices, labels, flips, boxes)."""
+        self.epoch = epoch
+
+    @property
+    def modalities(self) -> list[str]:
+        """One modality per item (for `ModalityBalancedSampler`)."""
+        return [self.case_modalities[e.case] for e in self.entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _slice(self, index: int, rng: np.random.Generator) -> tuple[Path, int, np.ndarray, tuple[int, ...]]:
+        """The item's case file, slice index (-1 for 2D), 2D image and the whole image's shape."""
+        entry = self.entries[index]
+        path = self.files[entry.case]
+        image = read_image(path)
+        z = entry.slice
+        if z < 0 and self.candidate_slices[entry.case][0] >= 0:
+            z = int(rng.choice(self.candidate_slices[entry.case]))
+        return path, z, (image if z < 0 else image[z]), image.shape
+
+
+class NpzSliceDataset(NpzCases):
+    """Box-prompted training items: one target per sample (a random label of a random labelled slice).
+
+    Each item is a dict: `image` (3, S, S) float32 as inference preprocesses it; `box` (4,) in the S
+    frame, the target's bounding box widened by 0..`box_shift` px per side; `mask` (1, m, m) float32,
+    the target in the decoder's low-res frame (m = `mask_size`, 256 for every registered model);
+    with `full_mask=True` also `mask_full` (1, S, S) for a loss at input resolution; `modality`,
+    `case`, `slice` (-1 for 2D) and `label`. With `num_classes`, also `targets` (C, m, m), one
+    channel per class 1..C, and `annotated` (C,) bool, which classes the case's source data set
+    labels (`annotated_classes`: glob on the case name -> class ids; default all), for the
+    partial-label losses. `slices="random"`: one item per 3D volume, its slice drawn per epoch
+    among the labelled ones; `"all"`: one item per labelled slice.
+    """
+
+    def __init__(self, cases: str | Path | Sequence[str | Path], config: ModelConfig | None = None, *,
+                 input_size: int | None = None, normalization: str | None = None, mask_size: int | None = None,
+                 slices: str = "random", augment: bool = True, box_shift: int = 5, full_mask: bool = False,
+                 num_classes: int | None = None, annotated_classes: Mapping[str, Sequence[int]] | None = None,
+                 modality_overrides: Mapping[str, str] | None = None, seed: int = 0) -> None:
+        self.input_size = input_size or (config.input_size if config else 256)
+        self.normalization = normalization or (config.normalization if config else "minmax")
+        self.mask_size = mask_size or (config.low_res_size if config else 256)
+        self.box_shift, self.full_mask = box_shift, full_mask
+        self.num_classes, self.annotated_classes = num_classes, dict(annotated_classes or {})
+        super().__init__(cases, slices, augment, modality_overrides, seed)
+
+    def _candidate_slices(self, path: Path) -> np.ndarray:
+        gts = _load_key(gts_path(path), "gts")  # only the labels: the image is checked when an item is read
+        if gts.ndim not in (2, 3) or not np.issubdtype(gts.dtype, np.integer):
+            raise CaseError(f"{gts_path(path)}: key 'gts' has shape {gts.shape} and dtype {gts.dtype}; "
+                            "expected integer labels (H, W) for 2D or (D, H, W) for 3D")
+        if self.num_classes is not None and gts.max() > self.num_classes:
+            raise CaseError(f"{gts_path(path)}: key 'gts' has label {gts.max()}; expected labels 0..{self.num_classes}")
+        if gts.ndim == 2:
+            return np.array([-1] if gts.any() else [], dtype=np.int64)
+        return np.flatnonzero(gts.reshape(gts.shape[0], -1).any(axis=1))
+
+    def annotated(self, case: str) -> np.ndarray:
+        """(C,) bool: the classes the source data set of `case` labels (all when no pattern matches)."""
+        for pattern, classes in self.annotated_classes.items():
+            if fnmatch.fnmatchcase(case, pattern):
+                bad = [c for c in classes if not 1 <= c <= self.num_classes]
+                if bad:
+                    raise ValueError(f"annotated_classes[{pattern!r}] has classes {bad}; "
+                                     f"expected 1..{self.num_classes}")
+                flags = np.zeros(self.num_classes, dtype=bool)
+                flags[np.asarray(classes, dtype=np.int64) - 1] = True
+                return flags
+        return np.ones(self.num_classes, dtype=bool)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self._rng(index)
+        path, z, image, shape = self._slice(index, rng)
+        gts = read_labels(path, shape)
+        gts = gts if z < 0 else gts[z]
+        label = int(rng.choice(np.unique(gts[gts > 0])))
+        image, gts = _flip([image, gts], rng) if self.augment else (image, gts)
+        mask = gts == label
+        x, (h, w) = preprocess_image(image, self.input_size, self.normalization)
+        ys, xs = np.nonzero(mask)
+        tight = np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], dtype=np.float64)
+        box = scale_boxes(tight, mask.shape, self.input_size)[0]
+        widen = rng.integers(0, self.box_shift + 1, size=4) * np.array([-1, -1, 1, 1])
+        box = np.clip(box + widen, 0, [w, h, w, h]).astype(np.float32)
+        item = {"image": torch.from_numpy(x[0]), "box": torch.from_numpy(box),
+                "mask": torch.from_numpy(mask_to_frame(mask, self.input_size, self.mask_size)[None]),
+                "modality": self.case_modalities[self.entries[index].case], "case": case_stem(path),
+                "slice": z, "label": label}
+        if self.full_mask:
+            item["mask_full"] = torch.from_numpy(mask_to_frame(mask, self.input_size, self.input_size)[None])
+        if self.num_classes is not None:
+            targets = np.stack([mask_to_frame(gts == c, self.input_size, self.mask_size)
+                                for c in range(1, self.num_classes + 1)])
+            item["targets"] = torch.from_numpy(targets)
+            item["annotated"] = torch.from_numpy(self.annotated(case_stem(path)))
+        return item
+
+
+class NpzImageDataset(NpzCases):
+    """Images only, preprocessed once per model input (e.g. a student and a teacher) for distillation.
+
+    `inputs` maps a name to a `ModelConfig` or an (input_size, normalization) pair; each item holds
+    one (3, S, S) float32 tensor per name, all from the same (randomly flipped) 2D image or slice,
+    plus `modality` and `case`. 3D volumes give any slice (`slices="random"`: one per volume per
+    epoch; `"all"`: every slice). No labels are needed.
+    """
+
+    def __init__(self, cases: str | Path | Sequence[str | Path],
+                 inputs: Mapping[str, ModelConfig | tuple[int, str]], *, slices: str = "random",
+                 augment: bool = True, modality_overrides: Mapping[str, str] | None = None, seed: int = 0) -> None:
+        if not inputs:
+            raise ValueError("inputs must name at least one model input, e.g. {'student': config}")
+        self.inputs = {k: (v.input_size, v.normalization) if isinstance(v, ModelConfig) else (int(v[0]), str(v[1]))
+                       for k, v in inputs.items()}
+        super().__init__(cases, slices, augment, modality_overrides, seed)
+
+    def _candidate_slices(self, path: Path) -> np.ndarray:
+        image = read_image(path)
+        is_3d = image.ndim == 3 and (kind_from_name(path.name) == "3D" or image.shape[2] not in (1, 3))
+        return np.arange(image.shape[0]) if is_3d else np.array([-1], dtype=np.int64)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self._rng(index)
+        path, z, image, _ = self._slice(index, rng)
+        if self.augment:
+            (image,) = _flip([image], rng)
+        item: dict = {k: torch.from_numpy(preprocess_image(image, size, norm)[0][0])
+                      for k, (size, norm) in self.inputs.items()}
+        item.update(modality=self.case_modalities[self.entries[index].case], case=case_stem(path), slice=z)
+        return item
+
