@@ -1,0 +1,81 @@
+"""Cache keys and atomic cache entries for compiled models.
+
+An entry is a folder `<cache_dir>/<key>/` that appears in one `rename`: it is built under a temporary
+name in the same parent and renamed into place, so a reader never sees a half-written entry and two
+processes compiling the same model leave one complete entry (the loser discards its copy).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+ENV_CACHE = "MEDSAMLITE_CACHE"
+META_FILE = "config.json"
+
+
+def default_cache_dir() -> Path:
+    """`$MEDSAMLITE_CACHE`, else `$XDG_CACHE_HOME/medsamlite`, else `~/.cache/medsamlite`."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "medsamlite"
+
+
+def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            # raw bytes, so every dtype (bf16 included, which numpy cannot hold) hashes the same way
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def digest(parts: Mapping[str, Any]) -> str:
+    """A short stable key (sha256 prefix) of JSON-serialisable parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def entry_ready(path: Path) -> bool:
+    """An entry is complete once its metadata file exists (written last, before the rename)."""
+    return (path / META_FILE).is_file()
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a cache entry or exported folder, with an error naming the file."""
+    file = Path(path) / META_FILE
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{file}: not a compiled medsamlite model ({error})") from error
+
+
+def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+@contextlib.contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `final`; on success rename it to `final` unless another
+    process got there first (ours is then discarded). On error nothing is left behind."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)  # atomic; fails if `final` exists and is not empty
+        except OSError:
+            if not entry_ready(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,164 @@
+"""`compile`: the one way a torch `SamLite` (adapted, merged, per-modality alike) reaches a CPU runtime.
+
+Two cached stages, each an atomic folder under the cache dir:
+1. `onnx/<key>/`: the image encoder (static (1, 3, S, S)) and prompt encoder + mask decoder (dynamic
+   number of boxes) traced once with the TorchScript ONNX exporter; shared by every backend and precision.
+2. `<key>/`: the backend's graphs at one precision plus `config.json`, opened by `load`.
+The keys hash everything that changes the result (weights, config, input shape, torch/backend
+versions, precision, int8 calibration set), so a changed model never meets a stale artefact.
+"""
+from __future__ import annotations
+
+import importlib
+import shutil
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .. import __version__
+from .cache import building, default_cache_dir, digest, entry_ready, read_meta, state_dict_digest, write_meta
+from .compiled import BACKENDS, FORMAT, CompiledSam, load
+from .precision import check_precision
+from .quantize import calibration_batches, calibration_digest
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.sam import SamLite
+
+OPSET = 17
+ONNX_STAGE = "onnx"
+EXAMPLE_BOXES = 2  # traced with 2 boxes so nothing specialises on a single box
+
+
+def _backend(name: str) -> Any:
+    if name not in BACKENDS:
+        raise ValueError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
+
+
+def onnx_key(model: "SamLite") -> str:
+    """Key of the traced graphs: weights, config, module structure, input shape, exporter versions."""
+    import torch
+
+    config = model.config
+    # the module tree's repr catches what the state_dict and config miss (e.g. wrapped adapters, norm eps)
+    return digest({"weights": state_dict_digest(model.state_dict()), "config": config.to_dict(),
+                   "structure": digest({"repr": repr(model)}),
+                   "input_shape": [1, 3, config.input_size, config.input_size], "torch": torch.__version__,
+                   "opset": OPSET, "format": FORMAT})
+
+
+def cache_key(model: "SamLite", backend: str, precision: str,
+              calibration: Sequence[np.ndarray] | None = None, traced: str | None = None) -> str:
+    """Key of a compiled entry: the traced graphs' key plus backend, its version and the precision."""
+    return digest({"onnx": traced or onnx_key(model), "backend": backend,
+                   "backend_version": _backend(backend).version(), "precision": precision,
+                   "calibration": calibration_digest(calibration)})
+
+
+def _graph(model: "SamLite", method: str) -> "torch.nn.Module":
+    """A module whose forward is `model.<method>`, traced as one graph (the model's weights stay registered)."""
+    import torch
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: torch.Tensor) -> Any:
+            return getattr(self.model, method)(*inputs)
+
+    return Graph()
+
+
+def export_onnx(model: "SamLite", dest: Path) -> None:
+    """Trace the encoder and decoder graphs of `model` (in eval mode) into `dest`."""
+    import torch
+
+    config = model.config
+    image = torch.rand(1, 3, config.input_size, config.input_size, generator=torch.Generator().manual_seed(0))
+    embedding = torch.zeros(1, *config.embedding_shape)
+    side = float(config.box_frame)
+    boxes = torch.tensor([[0.1, 0.2, 0.6, 0.7], [0.3, 0.1, 0.9, 0.8]][:EXAMPLE_BOXES]) * side
+    dynamic = {"boxes": {0: "boxes"}, "low_res_logits": {0: "boxes"}, "iou": {0: "boxes"}}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the legacy exporter's deprecation notice and tracer notes on shape checks are expected here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+            torch.onnx.export(_graph(model, "encode"), (image,), str(dest / "encoder.onnx"), dynamo=False,
+                              opset_version=OPSET, input_names=["images"], output_names=["embeddings"])
+            torch.onnx.export(_graph(model, "decode"), (embedding, boxes), str(dest / "decoder.onnx"), dynamo=False,
+                              opset_version=OPSET, input_names=["embedding", "boxes"],
+                              output_names=["low_res_logits", "iou"], dynamic_axes=dynamic)
+    finally:
+        model.train(was_training)
+
+
+def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> Path:
+    """The cached ONNX stage of `model`, tracing it only on a miss."""
+    key = key or onnx_key(model)
+    entry = cache_dir / ONNX_STAGE / key
+    if not entry_ready(entry):
+        import torch
+
+        with building(entry) as tmp:
+            export_onnx(model, tmp)
+            write_meta(tmp, {"format": FORMAT, "stage": ONNX_STAGE, "key": key, "config": model.config.to_dict(),
+                             "versions": {"torch": torch.__version__, "medsamlite": __version__}})
+    return entry
+
+
+def build_entry(model: "SamLite", entry: Path, backend: str, precision: str, cache_dir: Path,
+                calibration: Sequence[np.ndarray] | None, traced: str) -> None:
+    """Write the compiled folder `entry` (atomically) from the cached ONNX stage."""
+    runtime = _backend(backend)
+    graphs = traced_graphs(model, cache_dir, traced)
+    batches = calibration_batches(calibration, model.config.input_size) if precision == "int8" else None
+    with building(entry) as tmp:
+        files = runtime.convert(graphs, tmp, precision, batches)
+        meta = read_meta(graphs)
+        meta.update(stage="compiled", key=entry.name, onnx_key=traced, backend=backend, precision=precision,
+                    files=files, input_shape=[1, 3, model.config.input_size, model.config.input_size],
+                    calibration_images=len(batches) if batches else 0)
+        meta["versions"][backend] = runtime.version()
+        write_meta(tmp, meta)
+
+
+def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path | None = None,
+            precision: str = "f32", threads: int | None = None,
+            calibration: Sequence[np.ndarray] | None = None) -> CompiledSam:
+    """`model` on a CPU runtime, built once and loaded from the cache afterwards.
+
+    precision: "f32" (exact, default), "bf16" (where the CPU has it, else f32 with a warning),
+    "int8" (NNCF quantisation of the encoder; needs `calibration`, a list of preprocessed images),
+    "auto" (the runtime's own default, reported back in `.precision`).
+    """
+    _backend(backend)
+    check_precision(precision)
+    if precision == "int8" and not calibration:
+        raise ValueError("precision='int8' needs calibration=[preprocessed images]; it is never chosen silently")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    traced = onnx_key(model)
+    entry = cache_dir / cache_key(model, backend, precision, calibration if precision == "int8" else None, traced)
+    if not entry_ready(entry):
+        build_entry(model, entry, backend, precision, cache_dir, calibration, traced)
+    return load(entry, precision=precision, threads=threads)
+
+
+def export(model: "SamLite", directory: str | Path, backend: str = "openvino", precision: str = "f32",
+           cache_dir: str | Path | None = None, calibration: Sequence[np.ndarray] | None = None) -> Path:
+    """Write a self-describing compiled folder to `directory` (what `predict --model DIR` opens)."""
+    compiled = compile(model, backend, cache_dir, precision, calibration=calibration)
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory}: exists and is not empty; choose a new folder for the export")
+    with building(directory) as tmp:
+        shutil.copytree(compiled.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ov_cache"))
+    return directory

@@ -1,0 +1,75 @@
+"""ONNX Runtime backend: the exported ONNX graphs as they are (int8: NNCF-quantised encoder), torch-free.
+
+The CPU execution provider computes in f32 (it has no bf16 mode on x86), so "bf16" falls back with a
+warning and "auto" runs f32.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .compiled import CompiledSam
+from .precision import fallback_warning
+
+ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+def version() -> str:
+    return ort.__version__
+
+
+def convert(onnx_dir: Path, dest: Path, precision: str, calibration: list[np.ndarray] | None) -> dict[str, str]:
+    """Copy the ONNX graphs into the entry; int8 writes an NNCF-quantised encoder instead."""
+    if precision == "int8":
+        import onnx
+
+        from .quantize import quantize_encoder
+
+        encoder = onnx.load(str(onnx_dir / ENCODER))
+        onnx.save(quantize_encoder(encoder, calibration, encoder.graph.input[0].name), str(dest / ENCODER))
+    else:
+        shutil.copyfile(onnx_dir / ENCODER, dest / ENCODER)
+    shutil.copyfile(onnx_dir / DECODER, dest / DECODER)
+    return {"encoder": ENCODER, "decoder": DECODER}
+
+
+def _session(path: Path, threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), options, providers=PROVIDERS)
+
+
+class OnnxRuntimeSam(CompiledSam):
+    """Encoder and decoder as ONNX Runtime CPU sessions."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None) -> None:
+        super().__init__(path, meta)
+        if self.requested_precision == "bf16":
+            fallback_warning("bf16", "f32", "ONNX Runtime's CPU provider computes in f32")
+        self.precision = "int8" if self.requested_precision == "int8" else "f32"
+        self.threads = threads
+        files = meta["files"]
+        self._encoder = _session(path / files["encoder"], threads)
+        self._decoder = _session(path / files["decoder"], threads)
+        self._encoder_input = self._encoder.get_inputs()[0].name
+        self._decoder_inputs = [i.name for i in self._decoder.get_inputs()]
+
+    def _encode_one(self, image: np.ndarray) -> np.ndarray:
+        return self._encoder.run(None, {self._encoder_input: image})[0]
+
+    def _decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self._decoder.run(None, dict(zip(self._decoder_inputs, (embedding, boxes))))
+        return logits, iou
+
+
+def open_compiled(path: Path, meta: dict[str, Any], threads: int | None) -> OnnxRuntimeSam:
+    return OnnxRuntimeSam(path, meta, threads)

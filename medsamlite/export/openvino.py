@@ -1,0 +1,100 @@
+"""OpenVINO backend: ONNX -> IR conversion at export time, and the torch-free runtime wrapper.
+
+The CPU plugin's precision is set explicitly (`INFERENCE_PRECISION_HINT`) because its default is
+bf16 on CPUs with AMX and f32 elsewhere. Its model cache (`CACHE_DIR`) lives in the compiled folder,
+one sub-folder per precision: OpenVINO 2026.4 names the cached blob the same for every precision hint,
+and loading a blob compiled at f32 with the bf16 hint crashes the process.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from .compiled import CompiledSam
+from .precision import fallback_warning
+
+ENCODER, DECODER = "encoder.xml", "decoder.xml"
+DEVICE = "CPU"
+_TYPE_NAMES = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
+_COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul", "Deconvolution")
+
+
+def version() -> str:
+    return ov.get_version()
+
+
+def convert(onnx_dir: Path, dest: Path, precision: str, calibration: list[np.ndarray] | None) -> dict[str, str]:
+    """Write encoder/decoder IR (weights kept f32) from the ONNX graphs; int8 quantises the encoder."""
+    encoder = ov.convert_model(str(onnx_dir / "encoder.onnx"))
+    if precision == "int8":
+        from .quantize import quantize_encoder
+
+        encoder = quantize_encoder(encoder, calibration, encoder.inputs[0].get_any_name())
+    ov.save_model(encoder, str(dest / ENCODER), compress_to_fp16=False)
+    ov.save_model(ov.convert_model(str(onnx_dir / "decoder.onnx")), str(dest / DECODER), compress_to_fp16=False)
+    return {"encoder": ENCODER, "decoder": DECODER}
+
+
+def _hint(core: ov.Core, precision: str) -> str | None:
+    """The INFERENCE_PRECISION_HINT for a requested precision; None leaves the plugin's default."""
+    if precision == "auto":
+        return None
+    if precision == "bf16":
+        capabilities = core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
+        if "BF16" in capabilities:
+            return "bf16"
+        fallback_warning("bf16", "f32", f"OpenVINO CPU capabilities {', '.join(capabilities)}")
+    return "f32"  # int8 graphs keep their non-quantised ops exact
+
+
+def _runs_int8(compiled: ov.CompiledModel) -> bool:
+    """Whether any convolution or matrix product of the compiled graph executes in int8."""
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "runtimePrecision" in info and info["layerType"].astype(str) in _COMPUTE_LAYERS:
+            if info["runtimePrecision"].astype(str) in ("i8", "u8"):
+                return True
+    return False
+
+
+class OpenVINOSam(CompiledSam):
+    """Encoder and decoder compiled by OpenVINO's CPU plugin."""
+
+    backend = "openvino"
+
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None) -> None:
+        super().__init__(path, meta)
+        core = ov.Core()
+        hint = _hint(core, self.requested_precision)
+        config: dict[str, Any] = {}
+        if hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if os.access(path, os.W_OK):
+            config["CACHE_DIR"] = str(path / "ov_cache" / (hint or "auto"))
+        files = meta["files"]
+        self._encoder = core.compile_model(str(path / files["encoder"]), DEVICE, config)
+        self._decoder = core.compile_model(str(path / files["decoder"]), DEVICE, config)
+        self._encode_request = self._encoder.create_infer_request()
+        self._decode_request = self._decoder.create_infer_request()
+        runs = self._encoder.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = "int8" if _runs_int8(self._encoder) else _TYPE_NAMES.get(runs, runs)
+        self.loaded_from_cache = bool(self._encoder.get_property("LOADED_FROM_CACHE"))
+        self.threads = int(self._encoder.get_property("INFERENCE_NUM_THREADS"))
+
+    def _encode_one(self, image: np.ndarray) -> np.ndarray:
+        # share_outputs=False: the request reuses its output buffer, so results are copied out
+        return self._encode_request.infer({0: image}, share_inputs=True, share_outputs=False)[0]
+
+    def _decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self._decode_request.infer({0: embedding, 1: boxes}, share_inputs=True, share_outputs=False)
+        return out[0], out[1]
+
+
+def open_compiled(path: Path, meta: dict[str, Any], threads: int | None) -> OpenVINOSam:
+    return OpenVINOSam(path, meta, threads)

@@ -1,0 +1,290 @@
+"""Export to OpenVINO and ONNX Runtime: parity with torch for every registered model, the cache, the torch-free path.
+
+Each model is traced once per test session: compiled models live in one on-disk cache shared by the
+tests (and by tests/test_precision.py), so later compiles of the same model only convert or load.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import GOLDEN_CASES, golden_arrays, golden_state_dict, max_rel_error
+from medsamlite import create_model, get_model_config, list_models
+from medsamlite.export import BACKENDS, cache_key, compile, export, load
+from medsamlite.export.cache import building, entry_ready
+from medsamlite.inference import Predictor
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = list_models()
+# the cheapest registered model for the tests where any model will do
+CHEAP = "repvit_m0_6_medsam" if "repvit_m0_6_medsam" in MODELS else MODELS[0]
+BACKEND_NAMES = sorted(BACKENDS)
+
+
+def golden_case_for(name: str) -> str | None:
+    """A golden case whose model has the same encoder (its weights fit), if any."""
+    encoder = get_model_config(name).encoder
+    return next((case for case, model in GOLDEN_CASES.items() if get_model_config(model).encoder == encoder), None)
+
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def torch_model(name: str) -> torch.nn.Module:
+    """The registered model with its golden case's synthetic weights (seeded default init without one)."""
+    if name not in _MODELS:
+        case = golden_case_for(name)
+        torch.manual_seed(0)
+        _MODELS[name] = create_model(name, checkpoint=golden_state_dict(case) if case else None)
+    return _MODELS[name]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compile cache for the session (the same folder in test_precision.py)."""
+    path = tmp_path_factory.getbasetemp() / "medsamlite-export-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def golden_case_inputs(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 2D uint8 image and its three boxes from the golden fixture of the model's encoder."""
+    arrays = golden_arrays(golden_case_for(name) or "litemedsam")
+    image = np.round(arrays["image"][0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    return image, arrays["boxes3"] if "boxes3" in arrays else np.array([[40, 50, 180, 200]], np.float32)
+
+
+def random_images(size: int, n: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 3, size, size), dtype=np.float32)
+
+
+class Reference:
+    """Torch outputs of one model, computed once and compared with every backend and precision."""
+
+    def __init__(self, name: str) -> None:
+        model = torch_model(name)
+        size = model.config.input_size
+        self.images = random_images(size)
+        self.boxes = np.array([[10, 20, 120, 200], [60, 30, 250, 180], [0, 0, 255, 255]], np.float32) * (size / 256)
+        self.image, self.golden_boxes = golden_case_inputs(name)
+        with torch.no_grad():
+            embedding = model.encode(torch.from_numpy(self.images))
+            self.logits, self.iou = (t.numpy() for t in model.decode(embedding, torch.from_numpy(self.boxes)))
+        self.embedding = embedding.numpy()
+        self.segs = Predictor(model).predict_2d(self.image, self.golden_boxes)
+
+
+_REFERENCES: dict[str, Reference] = {}
+
+
+def reference(name: str) -> Reference:
+    if name not in _REFERENCES:
+        _REFERENCES[name] = Reference(name)
+    return _REFERENCES[name]
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("name", MODELS)
+def test_compiled_matches_torch(name: str, backend: str, cache_dir: Path) -> None:
+    model, ref = torch_model(name), reference(name)
+    compiled = compile(model, backend, cache_dir=cache_dir, precision="f32")
+    assert compiled.precision == "f32" and compiled.backend == backend and compiled.config == model.config
+    embedding = compiled.encode(ref.images)
+    assert embedding.shape == (1, 256, 64, 64)
+    assert max_rel_error(embedding, ref.embedding) <= 1e-3
+    logits, iou = compiled.decode(ref.embedding, ref.boxes)
+    assert logits.shape == (3, 1, 256, 256) and iou.shape == (3, 1)
+    assert max_rel_error(logits, ref.logits) <= 1e-3 and max_rel_error(iou, ref.iou) <= 1e-3
+    segs = Predictor(compiled).predict_2d(ref.image, ref.golden_boxes)
+    agreement = (segs == ref.segs).mean()
+    assert segs.shape == ref.image.shape[:2]
+    assert agreement >= 0.999, f"{name} on {backend}: masks agree on {agreement:.5f}"
+
+
+def test_decode_is_dynamic_in_boxes(cache_dir: Path) -> None:
+    compiled = compile(torch_model(CHEAP), "openvino", cache_dir=cache_dir)
+    embedding = reference(CHEAP).embedding
+    boxes = np.array([[10, 20, 120, 200], [60, 30, 250, 180], [0, 0, 255, 255], [5, 5, 50, 60]], np.float32)
+    together, iou = compiled.decode(embedding, boxes)
+    for i in (0, 3):
+        one, one_iou = compiled.decode(embedding, boxes[i:i + 1])
+        np.testing.assert_allclose(one[0], together[i], atol=1e-4)
+        np.testing.assert_allclose(one_iou[0], iou[i], atol=1e-5)
+    empty, empty_iou = compiled.decode(embedding, np.zeros((0, 4), np.float32))
+    assert empty.shape == (0, 1, 256, 256) and empty_iou.shape == (0, 1)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_outputs_are_not_reused_buffers(backend: str, cache_dir: Path) -> None:
+    compiled = compile(torch_model(CHEAP), backend, cache_dir=cache_dir)
+    size = compiled.config.input_size
+    a_images, b_images = random_images(size, seed=1), random_images(size, seed=2)
+    first = compiled.encode(a_images)
+    kept = first.copy()
+    second = compiled.encode(b_images)
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(first, second)
+    both = compiled.encode(np.concatenate([a_images, b_images]))  # a batch runs image by image
+    np.testing.assert_allclose(both, np.concatenate([first, second]), atol=1e-5)
+
+
+def test_second_compile_loads_from_disk(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compile_module = sys.modules["medsamlite.export.compile"]  # the attribute `compile` is the function
+    openvino_module = sys.modules["medsamlite.export.openvino"]
+    model = torch_model(CHEAP)
+    first = compile(model, "openvino", cache_dir=cache_dir)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("traced or converted again although the model is cached")
+
+    monkeypatch.setattr(compile_module, "export_onnx", no_export)
+    monkeypatch.setattr(openvino_module, "convert", no_export)
+    second = compile(model, "openvino", cache_dir=cache_dir)
+    assert second.path == first.path and entry_ready(second.path)
+    assert second.loaded_from_cache  # OpenVINO's own model cache (CACHE_DIR) inside the entry
+    images = reference(CHEAP).images
+    np.testing.assert_array_equal(second.encode(images), first.encode(images))
+
+
+def test_changed_weight_or_config_misses(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compile_module = sys.modules["medsamlite.export.compile"]
+    model = torch_model(CHEAP)
+    key = cache_key(model, "openvino", "f32")
+    compile(model, "openvino", cache_dir=cache_dir)
+    changed = create_model(CHEAP, checkpoint=model.state_dict())
+    assert cache_key(changed, "openvino", "f32") == key
+    with torch.no_grad():
+        changed.mask_decoder.iou_token.weight[0, 0] += 1e-3
+    assert cache_key(changed, "openvino", "f32") != key
+    for change in ({"input_size": 2 * model.config.input_size}, {"normalization": "imagenet"}):
+        other = copy.copy(model)  # same weights, another config
+        other.config = model.config.replace(**change)
+        assert cache_key(other, "openvino", "f32") != key, change
+    assert cache_key(model, "onnxruntime", "f32") != key
+
+    class Traced(Exception):
+        pass
+
+    def tracing(*args, **kwargs):
+        raise Traced
+
+    monkeypatch.setattr(compile_module, "export_onnx", tracing)
+    with pytest.raises(Traced):  # a miss: the changed model is traced, never served the stale entry
+        compile(changed, "openvino", cache_dir=cache_dir)
+    assert not any(p.name.endswith(".tmp") for p in cache_dir.rglob("*")), "a failed build left a temporary folder"
+
+
+def test_building_is_atomic_and_first_writer_wins(tmp_path: Path) -> None:
+    final = tmp_path / "entry"
+    with building(final) as first:
+        (first / "config.json").write_text('{"who": "first"}')
+        with building(final) as second:  # a second process finishing first
+            (second / "config.json").write_text('{"who": "second"}')
+        assert entry_ready(final)
+    assert json.loads((final / "config.json").read_text()) == {"who": "second"}
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+    with pytest.raises(RuntimeError), building(tmp_path / "failed") as tmp:
+        (tmp / "partial").write_text("x")
+        raise RuntimeError("export failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_concurrent_compiles_leave_one_valid_entry(tmp_path: Path) -> None:
+    name = CHEAP
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from medsamlite import create_model
+        from medsamlite.export import compile
+        torch.manual_seed(0)
+        model = create_model({name!r})
+        compiled = compile(model, "onnxruntime", cache_dir=sys.argv[1])
+        print(compiled.path)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    paths = {out.strip().splitlines()[-1] for out, _ in outputs}
+    assert len(paths) == 1
+    entries = sorted(p.name for p in tmp_path.iterdir())
+    assert entries == sorted([Path(paths.pop()).name, "onnx"])
+    assert len(list((tmp_path / "onnx").iterdir())) == 1
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
+    compiled = load(tmp_path / next(e for e in entries if e != "onnx"))
+    assert np.isfinite(compiled.encode(reference(CHEAP).images)).all()
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_exported_folder_predicts_without_torch(backend: str, cache_dir: Path, tmp_path: Path) -> None:
+    folder = export(torch_model(CHEAP), tmp_path / "exported", backend=backend, cache_dir=cache_dir)
+    meta = json.loads((folder / "config.json").read_text())
+    assert meta["backend"] == backend and meta["precision"] == "f32" and meta["config"]["name"] == CHEAP
+    ref = reference(CHEAP)
+    image, boxes = ref.image, ref.golden_boxes
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    np.savez(cases / "2DBox_golden.npz", imgs=image, boxes=boxes.astype(np.int64))
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from medsamlite.cli import main
+        from medsamlite.export import load
+        from medsamlite.inference import Predictor
+        compiled = load({str(folder)!r}, backend={backend!r})
+        segs = Predictor(compiled).predict_2d(np.load({str(cases / '2DBox_golden.npz')!r})["imgs"],
+                                              np.load({str(cases / '2DBox_golden.npz')!r})["boxes"])
+        np.save({str(tmp_path / 'api.npy')!r}, segs)
+        rc = main(["predict", "-i", {str(cases)!r}, "-o", {str(tmp_path / 'out')!r}, "--model", {str(folder)!r},
+                   "--backend", {backend!r}])
+        print("RC", rc, "IMPORTED", [m for m in ("torch", "scipy", "matplotlib") if m in sys.modules])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RC 0 IMPORTED []" in result.stdout, result.stdout + result.stderr[-3000:]
+    for segs in (np.load(tmp_path / "api.npy"), np.load(tmp_path / "out" / "2DBox_golden.npz")["segs"]):
+        assert segs.shape == ref.segs.shape and (segs == ref.segs).mean() >= 0.999
+
+
+def test_export_cli_writes_a_loadable_folder(cache_dir: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from medsamlite.export import cli
+
+    checkpoint = tmp_path / "weights.pth"
+    torch.save(torch_model(CHEAP).state_dict(), checkpoint)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--model", CHEAP, "--checkpoint", str(checkpoint), "--backend", "onnxruntime",
+                              "--cache-dir", str(cache_dir), "-o", str(tmp_path / "out")])
+    assert cli.run(args) == 0
+    compiled = load(tmp_path / "out")
+    assert compiled.backend == "onnxruntime" and compiled.config.name == CHEAP
+    with pytest.raises(FileExistsError, match="not empty"):
+        cli.run(args)
+
+
+def test_load_errors_name_the_folder(tmp_path: Path, cache_dir: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load(tmp_path)
+    folder = compile(torch_model(CHEAP), "onnxruntime", cache_dir=cache_dir).path
+    with pytest.raises(ValueError, match="backend 'onnxruntime', not 'openvino'"):
+        load(folder, backend="openvino")
+    with pytest.raises(ValueError, match="int8"):
+        load(folder, precision="int8")
+    with pytest.raises(ValueError, match="backend 'tensorrt'"):
+        compile(torch_model(CHEAP), "tensorrt", cache_dir=cache_dir)
