@@ -81,13 +81,34 @@ def box_from_mask(mask: np.ndarray, shift: int = 3) -> np.ndarray | None:
                      min(w, xs.max() + shift), min(h, ys.max() + shift)], dtype=np.float32)
 
 
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """torch's bilinear (align_corners=False) source indices and weights along one axis.
+
+    The source coordinate is formed in float64 and rounded once, as torch's fused multiply-add does;
+    in float32 it would be off by ~1e-5.
+    """
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = np.maximum((np.float64(scale) * (np.arange(n_out) + 0.5) - 0.5).astype(np.float32), np.float32(0))
+    i0 = np.minimum(src.astype(np.intp), n_in - 1)
+    lam = np.minimum(src - i0.astype(np.float32), np.float32(1))
+    return i0, np.minimum(i0 + 1, n_in - 1), np.float32(1) - lam, lam
+
+
 def _resize_stack(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear (half-pixel, as torch align_corners=False) resize of an (N, h, w) stack."""
+    """Bilinear (half-pixel, as torch align_corners=False) resize of an (N, h, w) stack.
+
+    cv2 does the bulk; its fixed-point weights differ from torch by up to ~1e-4, which flips the
+    threshold of logits near 0, so those pixels are recomputed with torch's exact formula.
+    """
     out = np.empty((x.shape[0], *shape), dtype=np.float32)
     for i in range(0, x.shape[0], _CV_MAX_CHANNELS):
         chunk = np.ascontiguousarray(x[i:i + _CV_MAX_CHANNELS].transpose(1, 2, 0))
         r = cv2.resize(chunk, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
         out[i:i + _CV_MAX_CHANNELS] = r.reshape(*shape, -1).transpose(2, 0, 1)
+    n, yy, xx = np.nonzero(np.abs(out) < 1e-3 * max(1.0, float(np.abs(x).max(initial=0.0))))
+    r0, r1, a0, a1 = (t[yy] for t in _linear_taps(x.shape[1], shape[0]))
+    c0, c1, b0, b1 = (t[xx] for t in _linear_taps(x.shape[2], shape[1]))
+    out[n, yy, xx] = (x[n, r0, c0] * b0 + x[n, r0, c1] * b1) * a0 + (x[n, r1, c0] * b0 + x[n, r1, c1] * b1) * a1
     return out
 
 
