@@ -14,7 +14,7 @@ import medsamlite
 from medsamlite import adapters
 from medsamlite.adapters.arena import ArenaSettings, ProximalStep, arena_config, soft_threshold_
 from medsamlite.adapters.lora import inject
-from medsamlite.adapters.targets import FAMILY_TARGETS, adaptable, resolve_targets
+from medsamlite.adapters.targets import adaptable, default_patterns, resolve_targets
 from medsamlite.registry import get_encoder_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -95,11 +95,11 @@ def test_every_encoder_takes_lora_and_arena(name: str, method: str) -> None:
             assert torch.allclose(merged.get_submodule(n)(x), y, atol=1e-5, rtol=1e-5), n
 
 
-def test_family_fallback_targets_cover_every_family() -> None:
+def test_registered_default_targets_cover_every_encoder() -> None:
     for name in one_model_per_encoder():
         model = medsamlite.create_model(name)
-        family = get_encoder_spec(name).family
-        assert resolve_targets(model, FAMILY_TARGETS[family]), f"{family} fallback matches nothing in {name}"
+        layers = resolve_targets(model, default_patterns(model))
+        assert layers and all(adaptable(model.get_submodule(n)) for n in layers), name
 
 
 EXPECTED = {

@@ -10,16 +10,6 @@ from ..registry import get_encoder_spec
 
 ENCODER = "image_encoder."
 
-# Used only when an encoder registers no `adapter_targets` (or one that matches no adaptable layer).
-# Attention qkv/proj and MLP of the transformers; LiteMLA and MBConv pointwise convs of EfficientViT;
-# RepViT's pointwise channel mixer (its depthwise token mixer cannot take LoRA).
-FAMILY_TARGETS = {
-    "tinyvit": r"stages\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])",
-    "swin": r"layers\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])",
-    "efficientvit": r"backbone\.stages\.\d+\.blocks\.\d+\..*\.(qkv|proj|inverted_conv|point_conv)\.conv",
-    "repvit": r".*channel_mixer\..*conv[12]\.c",
-}
-
 # The mask decoder's two-way transformer: attention projections and MLP layers.
 DECODER_TARGETS = r"mask_decoder\.transformer\..*\.(q_proj|k_proj|v_proj|out_proj|lin1|lin2)"
 _INTERNAL = re.compile(r"\.(base_layer|lora_[A-Za-z_]+|modules_to_save|original_module)(\.|$)")
@@ -46,15 +36,13 @@ def _matches(patterns: Iterable[str], name: str) -> bool:
 
 
 def default_patterns(model: nn.Module) -> list[str]:
-    """The encoder's registered regex, or its family's fallback when that matches nothing adaptable."""
+    """The encoder's registered `adapter_targets` (each encoder file owns its default)."""
     spec = get_encoder_spec(model.config.encoder)
     own = spec.adapter_targets
     if own and any(adaptable(m) and _matches([own], n) for n, m in _candidates(model)):
         return [own]
-    if spec.family not in FAMILY_TARGETS:
-        raise ValueError(f"encoder {spec.name!r} (family {spec.family!r}) registers no usable adapter_targets and "
-                         f"its family has no fallback in FAMILY_TARGETS; pass targets= (a regex or module names)")
-    return [FAMILY_TARGETS[spec.family]]
+    raise ValueError(f"encoder {spec.name!r} registers no adapter_targets matching an adaptable layer; "
+                     "pass targets= (a regex or module names)")
 
 
 def resolve_targets(model: nn.Module, targets: str | Iterable[str] | None = None,

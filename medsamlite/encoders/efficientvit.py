@@ -93,7 +93,8 @@ def remap(sd: dict) -> dict:
     return out
 
 
-_ADAPTER_TARGETS = r"backbone\.stages\.3\.blocks\.\d+\.context_module\.main\.(qkv|proj)\.conv"
+# LiteMLA qkv/proj and the MBConv pointwise convs (depthwise convs cannot take LoRA)
+_ADAPTER_TARGETS = r"backbone\.stages\.\d+\.blocks\.\d+\..*\.(qkv|proj|inverted_conv|point_conv)\.conv"
 
 
 @register_encoder("efficientvit_l0", family="efficientvit", input_size=512, remap=remap,

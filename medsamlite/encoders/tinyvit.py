@@ -61,7 +61,7 @@ def remap(sd: dict) -> dict:
 
 
 @register_encoder("tinyvit_medsam", family="tinyvit", input_size=256, remap=remap,
-                  adapter_targets=r"stages\.\d+\.blocks\.\d+\.attn\.(qkv|proj)")
+                  adapter_targets=r"stages\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])")
 def tinyvit_medsam(input_size: int = 256, **kwargs) -> nn.Module:
     """LiteMedSAM's TinyViT-5M encoder (total stride 4, so only a 256 input gives the 64x64 embedding)."""
     if input_size != 256:
