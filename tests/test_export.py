@@ -110,8 +110,12 @@ def test_compiled_matches_torch(name: str, backend: str, cache_dir: Path) -> Non
     assert agreement >= 0.999, f"{name} on {backend}: masks agree on {agreement:.5f}"
 
 
-def test_decode_is_dynamic_in_boxes(cache_dir: Path) -> None:
+def test_decoder_graph_is_static_and_decode_takes_any_number_of_boxes(cache_dir: Path) -> None:
+    import openvino as ov
+
     compiled = compile(torch_model(CHEAP), "openvino", cache_dir=cache_dir)
+    graph = ov.Core().read_model(str(compiled.path / compiled.meta["files"]["decoder"]))
+    assert [tuple(i.get_partial_shape().to_shape()) for i in graph.inputs] == [(1, 256, 64, 64), (1, 4)]
     embedding = reference(CHEAP).embedding
     boxes = np.array([[10, 20, 120, 200], [60, 30, 250, 180], [0, 0, 255, 255], [5, 5, 50, 60]], np.float32)
     together, iou = compiled.decode(embedding, boxes)
@@ -121,6 +125,15 @@ def test_decode_is_dynamic_in_boxes(cache_dir: Path) -> None:
         np.testing.assert_allclose(one_iou[0], iou[i], atol=1e-5)
     empty, empty_iou = compiled.decode(embedding, np.zeros((0, 4), np.float32))
     assert empty.shape == (0, 1, 256, 256) and empty_iou.shape == (0, 1)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_encoding_a_batch_equals_encoding_each_image(backend: str, cache_dir: Path) -> None:
+    compiled = compile(torch_model(CHEAP), backend, cache_dir=cache_dir)
+    images = np.concatenate([random_images(compiled.config.input_size, seed=s) for s in range(3)])
+    together = compiled.encode(images)
+    for i in range(3):
+        np.testing.assert_allclose(together[i:i + 1], compiled.encode(images[i:i + 1]), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKEND_NAMES)

@@ -205,16 +205,16 @@ def test_3d_matches_the_reference_loops_and_encodes_each_slice_once():
     calls = sorted((tag, *box) for tag, b in engine.decode_calls for box in b.tolist())
     assert calls == sorted((tag, *b[0]) for tag, b in oracle.decode_calls)  # same prompts on the same slices
     slices = set().union(*(range(b[2], b[5] + 1) for b in boxes))
-    assert engine.encoded == engine.encode_calls == len(slices)
+    assert engine.encoded == len(slices) and engine.encode_calls < len(slices)  # each once, in batches
 
 
-def test_3d_overlapping_boxes_cost_one_encoder_call_per_distinct_slice():
+def test_3d_overlapping_boxes_encode_each_distinct_slice_once():
     rng = np.random.default_rng(4)
     volume = random_volume(rng, (20, 48, 48))
     boxes = np.array([[4, 4, 0, 30, 30, 19], [10, 10, 3, 40, 40, 12], [0, 20, 8, 20, 47, 17], [5, 5, 9, 9, 9, 9]])
     engine = BoxEngine()
     segs = Predictor(engine).predict_3d(volume, boxes)
-    assert engine.encode_calls == 20  # slices 0..19, each once, though the boxes visit 20+10+10+1
+    assert engine.encoded == 20  # slices 0..19, each once, though the boxes visit 20+10+10+1
     assert sum(len(b) for _, b in engine.decode_calls) == 20 + 10 + 10 + 1
     np.testing.assert_array_equal(segs, reference_3d(BoxEngine(), volume, boxes))
 

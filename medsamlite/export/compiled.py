@@ -47,6 +47,12 @@ class CompiledSam:
         if images.ndim != 4 or images.shape[1:] != self.input_shape[1:]:
             raise ValueError(f"{self.config.name}: images of shape {images.shape}, expected (B, 3, "
                              f"{self.config.input_size}, {self.config.input_size})")
+        if images.shape[0] > 1:
+            return self._encode_many(images)
+        return self._encode_one(images)
+
+    def _encode_many(self, images: np.ndarray) -> np.ndarray:
+        """Several images on the static one-image graph; runtimes that can overlap calls override this."""
         return np.concatenate([self._encode_one(images[i:i + 1]) for i in range(images.shape[0])])
 
     def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +65,9 @@ class CompiledSam:
         if boxes.shape[0] == 0:
             side = self.config.low_res_size
             return np.zeros((0, 1, side, side), np.float32), np.zeros((0, 1), np.float32)
-        return self._decode(embedding, boxes)
+        # the graph is traced for one box (see export.compile.DECODER_BOXES): one call per box
+        outputs = [self._decode(embedding, boxes[i:i + 1]) for i in range(boxes.shape[0])]
+        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -103,12 +103,12 @@ class Predictor:
     chunk_size: most boxes per decoder call. overlap: "order" (the reference: later boxes win) or
     "argmax" (each pixel goes to the box with the highest logit among those whose mask covers it).
     cache_slices: most slice embeddings held at once in 3D (4 MB each at 256x64x64; 64 = 256 MB).
-    encode_batch: most slices per encoder call (1 suits engines compiled for a static batch of 1).
+    encode_batch: most slices per encoder call in 3D; OpenVINO runs a call's slices in parallel streams.
     precision: "f32" or "bf16", used only when wrapping a torch model.
     """
 
     def __init__(self, model: Any, chunk_size: int = 64, overlap: str = "order", cache_slices: int = 64,
-                 encode_batch: int = 1, precision: str = "f32") -> None:
+                 encode_batch: int = 4, precision: str = "f32") -> None:
         if overlap not in OVERLAPS:
             raise ValueError(f"overlap {overlap!r}; expected one of {OVERLAPS}")
         for name, value in (("chunk_size", chunk_size), ("cache_slices", cache_slices), ("encode_batch", encode_batch)):
