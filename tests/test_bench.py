@@ -107,3 +107,26 @@ def test_cli_import_is_light():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'monai', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_precision_sweep_reports_every_precision_against_f32(tmp_path, monkeypatch, capsys):
+    from medsamlite.export import cpu_supports_bf16
+
+    monkeypatch.setenv("MEDSAMLITE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "mine"
+    write_dataset(data, modalities=("Endoscopy",), size=0.1)
+    assert cli.run(parse(["--precision-sweep", "--models", "repvit_m0_6_medsam", "--size", "0.1", "--data",
+                          str(data / "imgs"), "--out", str(tmp_path / "out")])) == 0
+    out = tmp_path / "out" / "precision"
+    rows = list(csv.DictReader((out / "precision.csv").open()))
+    expected = ["f32"] + (["bf16"] if cpu_supports_bf16() else []) + ["int8"] + (["torch_bf16"] if cpu_supports_bf16() else [])
+    assert [r["precision"] for r in rows] == expected
+    f32 = rows[0]
+    assert f32["runs_at"] == "f32" and float(f32["dsc_mean"]) == float(f32["dsc_worst"]) == 1.0
+    for row in rows:
+        assert float(row["encode_ms"]) > 0 and float(row["case_s"]) > 0
+        assert 0.0 <= float(row["dsc_worst"]) <= float(row["dsc_mean"]) <= 1.0
+    markdown = (out / "precision.md").read_text()
+    assert "CPU: " in markdown and "8 cases" in markdown  # 7 synthetic + the one from --data
+    assert (out / "precision.png").read_bytes().startswith(PNG)
+    assert "precision" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """`medsamlite bench`: compare models on DSC, NSD, runtime and peak memory (CSV, markdown, PNG plots).
 
 With no arguments it generates a small synthetic set and benchmarks every registered model on it.
+`--precision-sweep` instead measures every precision the CPU offers against f32 (`benchmark/precision.py`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=float, help="synthetic image scale (default 0.5, --small 0.15; 1.0 = realistic)")
     parser.add_argument("--depth", type=float, help="synthetic 3D slice-count scale (default 0.17: 4 slices; 1.0 = "
                                                     "16-24 slices)")
+    parser.add_argument("--precision-sweep", action="store_true",
+                        help="per model and precision (f32, bf16 where the CPU has it, int8, torch bf16): encode and "
+                             "whole-case latency and mask agreement with f32, into OUT/precision/; uses --models, "
+                             "--size (default 0.5) and --data (your own cases, no gts needed)")
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:
@@ -47,6 +52,8 @@ def parse_checkpoints(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.precision_sweep:
+        return precision_sweep(args)
     from .compare import BenchConfig, BenchError, markdown, run_bench
 
     try:
@@ -73,3 +80,19 @@ def run(args: argparse.Namespace) -> int:
           "modalities.csv, models.csv, *.png)", file=sys.stderr)
     failed = sum(m["failed"] for m in result.models) + sum(bool(m["error"]) for m in result.models)
     return 1 if failed else 0
+
+
+def precision_sweep(args: argparse.Namespace) -> int:
+    """`--precision-sweep`: the precision benchmark on the models, size and data of this command line."""
+    from . import precision
+
+    parser = argparse.ArgumentParser()
+    precision.add_arguments(parser)
+    sweep = parser.parse_args([])
+    sweep.models, sweep.data, sweep.out = args.models, args.data, args.out / "precision"
+    if args.size is not None:
+        sweep.size = args.size
+    if args.data is not None and not args.data.is_dir():
+        print(f"error: --data {args.data}: no such folder", file=sys.stderr)
+        return 1
+    return precision.run(sweep)

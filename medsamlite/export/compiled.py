@@ -65,14 +65,17 @@ class CompiledSam:
         if boxes.shape[0] == 0:
             side = self.config.low_res_size
             return np.zeros((0, 1, side, side), np.float32), np.zeros((0, 1), np.float32)
-        # the graph is traced for one box (see export.compile.DECODER_BOXES): one call per box
-        outputs = [self._decode(embedding, boxes[i:i + 1]) for i in range(boxes.shape[0])]
-        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+        return self._decode(embedding, boxes)
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def _decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (N >= 1, 4) on the static one-box graph (see export.compile.DECODER_BOXES): one call per box."""
+        outputs = [self._decode_one(embedding, boxes[i:i + 1]) for i in range(boxes.shape[0])]
+        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
+    def _decode_one(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -66,8 +66,8 @@ class OnnxRuntimeSam(CompiledSam):
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
         return self._encoder.run(None, {self._encoder_input: image})[0]
 
-    def _decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, iou = self._decoder.run(None, dict(zip(self._decoder_inputs, (embedding, boxes))))
+    def _decode_one(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self._decoder.run(None, dict(zip(self._decoder_inputs, (embedding, box))))
         return logits, iou
 
 
