@@ -173,3 +173,14 @@ def test_cli_trains_saves_and_exports_a_routed_set(tiny_cases, tmp_path) -> None
     segs = np.load(result.out_path)["segs"]
     reference = medsamlite.inference.Predictor(model.plain("US")).predict_2d(read_case(us).imgs, read_case(us).boxes)
     assert segs.shape == reference.shape and (segs == reference).mean() > 0.999
+    # `medsamlite predict --model DIR` recognises the data-aware export and routes each case, torch-free
+    import subprocess
+    import sys
+
+    script = ("import sys; from medsamlite.cli import main; code = main(sys.argv[1:]); "
+              "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script, "predict", "-i", str(us), "-o", str(tmp_path / "cli"),
+                           "--model", str(exported)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(tmp_path / "cli" / us.name)["segs"], segs)
+    assert "RoutedPredictor" in (tmp_path / "cli" / "run.json").read_text()

@@ -23,9 +23,9 @@ from torch import nn
 from . import api
 from .arena import ProximalStep
 from .router import DEFAULT_GROUPS, FALLBACK, Router, parse_groups
+from .routed import MANIFEST
 
 FORMAT = "medsamlite-daft"
-MANIFEST = "daft.json"
 
 
 class DataAwareModel(nn.Module):

@@ -9,6 +9,8 @@ from ..inference.npz import read_case
 from ..inference.predictor import CaseResult, Predictor
 from .router import Router
 
+MANIFEST = "daft.json"  # what `DataAwareModel.export` writes beside its per-group folders
+
 
 class RoutedPredictor:
     """A `Predictor` per router group, built on first use from `sources` (compiled folders or models)."""
@@ -22,23 +24,27 @@ class RoutedPredictor:
 
     @classmethod
     def open(cls, directory: str | Path, backend: str | None = None, threads: int | None = None,
-             **predictor_kwargs: Any) -> "RoutedPredictor":
+             precision: str | None = None, **predictor_kwargs: Any) -> "RoutedPredictor":
         """The folder written by `DataAwareModel.export` (its `daft.json` and one compiled folder per group)."""
         import json
 
         from ..export.compiled import load
 
         directory = Path(directory)
-        path = directory / "daft.json"
+        path = directory / MANIFEST
         try:
             meta = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise ValueError(f"{path}: not a data-aware export ({error})") from error
         if "compiled" not in meta or "router" not in meta:
             raise ValueError(f"{path}: keys 'compiled' and 'router' expected, found {sorted(meta)}")
-        sources = {g: _Lazy(lambda p=directory / sub: load(p, backend=backend, threads=threads))
+        sources = {g: _Lazy(lambda p=directory / sub: load(p, backend=backend, precision=precision, threads=threads))
                    for g, sub in meta["compiled"].items()}
         return cls(Router.from_dict(meta["router"]), sources, **predictor_kwargs)
+
+    def with_options(self, **predictor_kwargs: Any) -> "RoutedPredictor":
+        """The same groups and models with these `Predictor` options (for models not loaded yet)."""
+        return RoutedPredictor(self.router, self.sources, **{**self.kwargs, **predictor_kwargs})
 
     @property
     def loaded(self) -> list[str]:

@@ -73,6 +73,10 @@ def _engine(args: argparse.Namespace) -> Any:
     folder = Path(args.model)
     if folder.is_dir() and (args.checkpoint is not None or args.pretrained):
         raise SetupError(f"{folder}: a model folder holds its own weights; drop --checkpoint/--pretrained")
+    if (folder / "daft.json").exists():  # a data-aware export (adapters.routed.MANIFEST): one model per group
+        from ..adapters.routed import RoutedPredictor
+
+        return RoutedPredictor.open(folder, backend=args.backend, threads=args.threads, precision=args.precision)
     if folder.is_dir() and not (folder / WEIGHTS_FILE).exists():  # an exported folder: torch-free
         if args.backend == "torch":
             raise SetupError(f"{folder}: an exported folder runs on its runtime; omit --backend or name its runtime")
@@ -137,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .predictor import PHASES, Predictor
 
-    predictor = Predictor(engine, chunk_size=args.chunk_size, overlap=args.overlap,
-                          cache_slices=args.cache_slices)
+    options = {"chunk_size": args.chunk_size, "overlap": args.overlap, "cache_slices": args.cache_slices}
+    predictor = engine.with_options(**options) if hasattr(engine, "with_options") else Predictor(engine, **options)
     failed = 0
     with open(args.output / TIMINGS_FILE, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
