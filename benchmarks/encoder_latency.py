@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from _report import REPO, machine_header, markdown_table, write_csv, write_markdown
-from precision import bench_model
+from medsamlite.benchmark.precision import bench_model
 
 
 def engines(model, cache_dir: Path, bf16: bool) -> dict[str, object]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -71,9 +72,10 @@ def test_trained_weights_are_stated_and_random_dsc_is_not_shown(bench):
 def test_peak_rss_is_per_case():
     method = reset_peak_rss()
     before = peak_rss_mb()
-    block = np.ones(64 * 2 ** 20 // 8)  # 64 MiB, touched
+    block = mmap.mmap(-1, 64 * 2 ** 20)  # 64 MiB of fresh pages (a malloc could reuse resident free memory)
+    block.write(b"\1" * len(block))
     grown = peak_rss_mb()
-    del block
+    block.close()
     assert grown - before > 50
     if method == "vmhwm-per-case":  # Linux: the peak resets to the current RSS
         reset_peak_rss()
@@ -130,3 +132,11 @@ def test_precision_sweep_reports_every_precision_against_f32(tmp_path, monkeypat
     assert "CPU: " in markdown and "8 cases" in markdown  # 7 synthetic + the one from --data
     assert (out / "precision.png").read_bytes().startswith(PNG)
     assert "precision" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (Path(__file__).parents[1] / "benchmarks").glob("[a-z]*.py")))
+def test_benchmark_scripts_start(script):
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / script), "--help"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "usage" in done.stdout, done.stderr
+

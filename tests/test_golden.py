@@ -91,3 +91,19 @@ def test_golden_save_load_round_trip_is_exact(golden, tmp_path):
     with torch.no_grad():
         emb = again.encode(torch.from_numpy(arrays["image"])).numpy()
     np.testing.assert_array_equal(emb, out["image_embedding"])
+
+
+def test_golden_repvit_fused_for_inference_keeps_the_reference_outputs():
+    model = medsamlite.create_model("repvit_m0_6_medsam")
+    medsamlite.load_checkpoint(model, golden_state_dict("repvit_m0_6"), strict=True)
+    model.eval()
+    arrays = golden_arrays("repvit_m0_6")
+    before = sum(p.numel() for p in model.image_encoder.parameters())
+    model.image_encoder.fuse()
+    assert sum(p.numel() for p in model.image_encoder.parameters()) < before  # BN and RepVGG branches folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.image_encoder.modules())
+    with torch.no_grad():
+        emb = model.encode(torch.from_numpy(arrays["image"]))
+        logits, _ = model.decode(emb, torch.from_numpy(arrays["boxes3"]))
+    assert max_rel_error(emb.numpy(), arrays["image_embedding"]) <= TOL
+    assert max_rel_error(logits.numpy(), arrays["low_res_logits3"]) <= TOL
