@@ -114,9 +114,9 @@ def synth_case(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
 
 def predict_command(args: argparse.Namespace, case: Path, out: Path) -> list[str]:
     cmd = [sys.executable, "-m", "medsamlite", "predict", "-i", str(case), "-o", str(out), "--model", args.model]
-    for flag in ("checkpoint", "backend", "precision", "threads"):
+    for flag in ("checkpoint", "backend", "precision", "threads", "encode_batch"):
         if getattr(args, flag) is not None:
-            cmd += [f"--{flag}", str(getattr(args, flag))]
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return cmd + (["--pretrained"] if args.pretrained else [])
 
 
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("torch", "openvino", "onnxruntime"))
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"))
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--encode-batch", type=int, help="passed to predict (3D slices per encoder call)")
     parser.add_argument("--large", action="store_true", help="add the three large shapes (minutes on torch)")
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (the median is tabled)")
