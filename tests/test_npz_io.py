@@ -277,3 +277,15 @@ def test_cli_model_without_weights_is_a_clear_error(tmp_path, capsys):
     path = _save(tmp_path / "2DBox_one.npz", imgs=IMG2D, boxes=BOX2D)
     assert main(["predict", "-i", str(path), "-o", str(tmp_path / "out"), "--model", "no_such_model"]) == 1
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_cli_predictor_options_reach_the_predictor_and_bad_ones_are_one_line_errors(fake_cli, tmp_path, capsys):
+    path = _save(tmp_path / "3DBox_one.npz", imgs=IMG3D, boxes=BOX3D)
+    assert main(["predict", "-i", str(path), "-o", str(tmp_path / "a"), "--encode-batch", "1"]) == 0
+    assert main(["predict", "-i", str(path), "-o", str(tmp_path / "b"), "--encode-batch", "3"]) == 0
+    with np.load(tmp_path / "a" / path.name) as a, np.load(tmp_path / "b" / path.name) as b:
+        np.testing.assert_array_equal(a["segs"], b["segs"])
+    assert main(["predict", "-i", str(path), "-o", str(tmp_path / "c"), "--encode-batch", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "error: encode_batch must be >= 1, got 0"
+    assert not (tmp_path / "c" / path.name).exists()

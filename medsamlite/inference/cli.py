@@ -146,7 +146,11 @@ def run(args: argparse.Namespace) -> int:
 
     options = {"chunk_size": args.chunk_size, "overlap": args.overlap, "cache_slices": args.cache_slices,
                "encode_batch": args.encode_batch}
-    predictor = engine.with_options(**options) if hasattr(engine, "with_options") else Predictor(engine, **options)
+    try:
+        predictor = engine.with_options(**options) if hasattr(engine, "with_options") else Predictor(engine, **options)
+    except ValueError as error:  # an option out of range, e.g. --encode-batch 0
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     failed = 0
     with open(args.output / TIMINGS_FILE, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
