@@ -92,7 +92,8 @@ def precision_sweep(args: argparse.Namespace) -> int:
     sweep.models, sweep.data, sweep.out = args.models, args.data, args.out / "precision"
     if args.size is not None:
         sweep.size = args.size
-    if args.data is not None and not args.data.is_dir():
-        print(f"error: --data {args.data}: no such folder", file=sys.stderr)
+    try:
+        return precision.run(sweep)
+    except (OSError, ValueError) as error:  # e.g. --data without cases, or a case that is not a task .npz
+        print(f"error: {error}", file=sys.stderr)
         return 1
-    return precision.run(sweep)

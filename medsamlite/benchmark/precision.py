@@ -141,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The sweep of `args` (see `add_arguments`); writes the reports and prints the table."""
-
     from medsamlite import list_models
     from medsamlite.export import compile, cpu_summary, cpu_supports_bf16, default_cache_dir
     from medsamlite.inference.torch_engine import TorchEngine

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
+from ..inference.engine import no_boxes
 from .cache import read_meta
 from .precision import check_precision
 
@@ -63,8 +64,7 @@ class CompiledSam:
             raise ValueError(f"{self.config.name}: embedding of shape {embedding.shape}, "
                              f"expected (1, {', '.join(map(str, self.config.embedding_shape))})")
         if boxes.shape[0] == 0:
-            side = self.config.low_res_size
-            return np.zeros((0, 1, side, side), np.float32), np.zeros((0, 1), np.float32)
+            return no_boxes(self.config)
         return self._decode(embedding, boxes)
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:

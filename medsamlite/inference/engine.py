@@ -28,6 +28,12 @@ class Engine(Protocol):
     def decode(self, embeddings: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+def no_boxes(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """What `decode` returns for zero boxes: empty logits (0, 1, L, L) and IoU (0, 1)."""
+    side = config.low_res_size
+    return np.zeros((0, 1, side, side), np.float32), np.zeros((0, 1), np.float32)
+
+
 def _is_torch_module(obj: Any) -> bool:
     if "torch" not in sys.modules:  # nothing can be a torch module before torch was imported
         return False

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engine import PRECISIONS
+from .engine import PRECISIONS, no_boxes
 
 
 class TorchEngine:
@@ -42,6 +42,5 @@ class TorchEngine:
         with torch.inference_mode():
             outputs = [self.model.decode(emb[i:i + 1] if paired else emb, box[i:i + 1]) for i in range(len(box))]
         if not outputs:
-            side = self.config.low_res_size
-            return np.zeros((0, 1, side, side), np.float32), np.zeros((0, 1), np.float32)
+            return no_boxes(self.config)
         return torch.cat([o[0] for o in outputs]).numpy(), torch.cat([o[1] for o in outputs]).numpy()
