@@ -27,7 +27,7 @@ from medsamlite.benchmark.precision import bench_model
 def engines(model, cache_dir: Path, bf16: bool) -> dict[str, object]:
     """Every engine measured for one model, by column name."""
     from medsamlite.export import compile
-    from medsamlite.inference.torch_engine import TorchEngine
+    from medsamlite.torch_engine import TorchEngine
 
     out = {"torch": TorchEngine(model), "openvino_f32": compile(model, "openvino", cache_dir, "f32")}
     if bf16:
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from medsamlite import list_models
-    from medsamlite.export import cpu_summary, cpu_supports_bf16, default_cache_dir
+    from medsamlite.export import default_cache_dir
+    from medsamlite.runtime.precision import cpu_summary, cpu_supports_bf16
 
     cache_dir = args.cache_dir or default_cache_dir()
     header = machine_header() + [f"torch threads {torch.get_num_threads()}; median of {args.repeats} "

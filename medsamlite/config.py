@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# fields of folders saved by earlier versions that now live in the registry's ModelSpec
+_RETIRED = ("pretrained", "description")
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,14 @@ class ModelConfig:
     # EfficientViT-SAM sets every LayerNorm of the model, the decoder's included, to eps 1e-6
     decoder_norm_eps: float = 1e-5
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None
-    description: str = ""
+    # SAM's heads, the same for every registered model
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
 
     @property
     def box_frame(self) -> int:
@@ -50,12 +59,10 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in _RETIRED}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; expected a subset of {sorted(names)}")

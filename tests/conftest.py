@@ -1,4 +1,4 @@
-"""Shared fixtures: the golden cases and their reference-layout synthetic weights."""
+"""Shared fixtures: the golden cases, their reference-layout synthetic weights, one compile cache per session."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,16 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-GOLDEN_DIR = Path(os.environ.get("MEDSAMLITE_GOLDEN", Path(__file__).resolve().parents[1].parent / "shared" / "golden"))
-
-# golden case folder -> registered model it proves
-GOLDEN_CASES = {
-    "litemedsam": "litemedsam",
-    "efficientvit_sam_l0": "efficientvit_sam_l0",
-    "efficientvit_sam_l1": "efficientvit_sam_l1",
-    "repvit_m0_6": "repvit_m0_6_medsam",
-    "swin_t_medsam": "swin_t_medsam",
-}
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = Path(os.environ.get("MEDSAMLITE_GOLDEN", REPO.parent / "shared" / "golden"))
 
 
 def _synth_module():
@@ -48,9 +40,45 @@ def golden_arrays(case: str, name: str = "golden.npz") -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def golden_case_for(name: str) -> str | None:
+    """The golden fixture whose weights fit model `name`: its own, else one of a model with the same encoder."""
+    import medsamlite
+
+    spec = medsamlite.get_model_spec(name)
+    if spec.golden:
+        return spec.golden
+    encoder = spec.config.encoder
+    return next((s.golden for s in map(medsamlite.get_model_spec, medsamlite.list_models())
+                 if s.golden and s.config.encoder == encoder), None)
+
+
+_MODELS: dict = {}
+
+
+def torch_model(name: str):
+    """The registered model with its golden case's synthetic weights (a seeded default init without one); shared."""
+    if name not in _MODELS:
+        import torch
+
+        import medsamlite
+
+        case = golden_case_for(name)
+        torch.manual_seed(0)
+        _MODELS[name] = medsamlite.create_model(name, checkpoint=golden_state_dict(case) if case else None)
+    return _MODELS[name]
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compile cache for the session: a model is traced once, later compiles only convert or load."""
+    path = tmp_path_factory.getbasetemp() / "medsamlite-export-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def max_rel_error(actual: np.ndarray, expected: np.ndarray) -> float:

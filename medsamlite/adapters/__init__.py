@@ -1,6 +1,6 @@
 """Parameter-efficient adaptation (LoRA, ARENA, BitFit, norm tuning) and data-aware fine-tuning.
 
-Imports are lazy: `medsamlite.adapters.router` stays torch-free for the inference path.
+Imports are lazy: `medsamlite.runtime.router` stays torch-free for the inference path.
 """
 from __future__ import annotations
 

@@ -1,31 +1,26 @@
-"""Data-aware fine-tuning (DAFT): per-modality-group adapters (or models) behind a file-name router.
+"""Data-aware models (DAFT): per-modality-group adapters (or models) behind a file-name router.
 
 `DataAwareModel` holds one shared base `SamLite` with a named adapter per group (`lora`, `arena`),
 or a whole model per group (`full`, `bitfit`, `norm`), and a `Router`. Cases of unknown modality go to
 the router's fallback group: the shared base without adapters. Each call runs one group, so a batch
-holds one modality (per-sample adapter routing fails on windowed backbones). `train_daft` fine-tunes
-one group after the other with `training.finetune`; `export` writes one compiled model per group plus
-`daft.json`, which `RoutedPredictor.open` reads and loads lazily. CLI: `medsamlite train daft`.
+holds one modality (per-sample adapter routing fails on windowed backbones). `export` writes one compiled
+model per group plus `daft.json`, which `RoutedPredictor.open` reads and loads lazily. Training:
+`medsamlite.training.daft.train_daft`; command line: `medsamlite train daft`.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..constants import DAFT_MANIFEST, FORMAT_DAFT
+from ..runtime.routed import read_manifest
+from ..runtime.router import Router
 from . import api
-from .arena import ProximalStep
-from .router import DEFAULT_GROUPS, FALLBACK, Router, parse_groups
-from .routed import MANIFEST
-
-FORMAT = "medsamlite-daft"
 
 
 class DataAwareModel(nn.Module):
@@ -111,15 +106,15 @@ class DataAwareModel(nn.Module):
             api.save_adapter(self.base, directory / "adapters" / f"{group}.safetensors", group)
         for group, model in self.models.items():
             save_model(api.unload(model), directory / "models" / group)
-        meta = {"format": FORMAT, "router": self.router.to_dict(), "adapters": sorted(api.records(self.base)),
+        meta = {"format": FORMAT_DAFT, "router": self.router.to_dict(), "adapters": sorted(api.records(self.base)),
                 "models": sorted(self.models)}
-        (directory / MANIFEST).write_text(json.dumps(meta, indent=2))
+        (directory / DAFT_MANIFEST).write_text(json.dumps(meta, indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> "DataAwareModel":
         """A model written by `save`."""
-        from ..checkpoints import load_model
+        from ..factory import load_model
 
         directory = Path(directory)
         meta = read_manifest(directory)
@@ -138,139 +133,6 @@ class DataAwareModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         for group in self.router.names:
             export(self.plain(group), directory / group, backend=backend, precision=precision, cache_dir=cache_dir)
-        meta = {"format": FORMAT, "router": self.router.to_dict(), "compiled": {g: g for g in self.router.names}}
-        (directory / MANIFEST).write_text(json.dumps(meta, indent=2))
+        meta = {"format": FORMAT_DAFT, "router": self.router.to_dict(), "compiled": {g: g for g in self.router.names}}
+        (directory / DAFT_MANIFEST).write_text(json.dumps(meta, indent=2))
         return directory
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The `daft.json` of a saved or exported data-aware model."""
-    path = Path(directory) / MANIFEST
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a data-aware model manifest ({error})") from error
-    if meta.get("format") != FORMAT or "router" not in meta:
-        raise ValueError(f"{path}: key 'format' is {meta.get('format')!r} (expected {FORMAT!r}) or 'router' is missing")
-    return meta
-
-
-@dataclass
-class DaftSettings:
-    """What `train_daft` adapts and how cases are split."""
-
-    method: str = "lora"
-    adapter: dict[str, Any] = field(default_factory=dict)  # r, alpha, dropout, lam
-    include_decoder: bool = False
-    train_decoder: bool = False
-    val_fraction: float = 0.2
-
-
-def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, settings: DaftSettings | None = None,
-               finetune_config: Any = None) -> tuple[DataAwareModel, dict[str, Any]]:
-    """Fine-tune one adapter (or model) per router group on that group's cases; returns the model and results.
-
-    Groups without cases keep the untrained adapter and are reported with 0 cases. Each group's best
-    weights (lowest validation loss) are restored after its run.
-    """
-    from ..data.datasets import NpzSliceDataset, split_cases
-    from ..training.finetune import FinetuneConfig, finetune
-
-    settings = settings or DaftSettings()
-    finetune_config = finetune_config or FinetuneConfig()
-    extra = dict(include_decoder=settings.include_decoder, train_decoder=settings.train_decoder, **settings.adapter)
-    if settings.method in api.PEFT_METHODS:
-        model = DataAwareModel.with_adapters(base, router, settings.method, **extra)
-    else:
-        model = DataAwareModel.with_models(base, router, settings.method, **extra)
-    after_step = ProximalStep(settings.adapter.get("lam", 1e-3)) if settings.method == "arena" else None
-    results: dict[str, Any] = {}
-    for group in router.groups:
-        files = [Path(f) for f in cases if router.route(f) == group]
-        if not files:
-            results[group] = {"cases": 0}
-            continue
-        train_files, val_files = split_cases(files, settings.val_fraction, finetune_config.seed, router.overrides)
-        train = NpzSliceDataset(train_files, base.config, augment=True, seed=finetune_config.seed)
-        val = NpzSliceDataset(val_files, base.config, augment=False, slices="all") if val_files else None
-        config = dataclasses.replace(finetune_config, output_dir=str(Path(finetune_config.output_dir) / group))
-        net = model.select(group)
-        result = finetune(net, train, val, config, after_step=after_step, save=_saver(group))
-        _restore_best(net, group, result.output_dir / "best")
-        results[group] = {"cases": len(files), "train": len(train_files), "val": len(val_files),
-                          "best_val_loss": result.best_val_loss, "epochs": result.epochs, "steps": result.steps,
-                          "trainable": api.trainable_parameters(model.select(group))}
-    return model, results
-
-
-def _saver(group: str):
-    def save(net: nn.Module, directory: Path) -> None:
-        api.save_adapter(net, Path(directory) / "adapter.safetensors", group if group in api.records(net) else None)
-    return save
-
-
-def _restore_best(net: nn.Module, group: str, directory: Path) -> None:
-    path = directory / "adapter.safetensors"
-    if not path.exists():
-        return
-    _, tensors = api.read_adapter(path)
-    if group in api.records(net) and api.records(net)[group].method in api.PEFT_METHODS:
-        from peft.functional import set_peft_model_state_dict
-
-        set_peft_model_state_dict(net, tensors, adapter_name=group)
-    else:
-        net.load_state_dict(tensors, strict=False)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`medsamlite train daft` options."""
-    parser.add_argument("data", help="folder of task .npz cases (imgs/ + gts/ or labelled files)")
-    parser.add_argument("--model", default="litemedsam", help="registered model name")
-    parser.add_argument("--input-size", type=int, help="encoder input side (default: the model's)")
-    parser.add_argument("--checkpoint", help="weights to start from (any supported layout)")
-    parser.add_argument("--pretrained", action="store_true", help="start from the packaged pretrained weights")
-    parser.add_argument("--method", default="lora", choices=api.METHODS)
-    parser.add_argument("--rank", type=int, default=8, help="LoRA rank / ARENA initial rank")
-    parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--lam", type=float, default=1e-3, help="ARENA ℓ1 weight on the gate")
-    parser.add_argument("--groups", help="e.g. '3D=CT,MR,PET;XRay=XRay;US=US' (default: DAFT's nine groups)")
-    parser.add_argument("--fallback", default=FALLBACK, help="group for unknown names (the base model)")
-    parser.add_argument("--include-decoder", action="store_true", help="adapt the decoder's attention/MLP too")
-    parser.add_argument("--train-decoder", action="store_true", help="a trainable decoder copy per group")
-    parser.add_argument("--output", default="runs/daft")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--patience", type=int, default=7, help="early-stopping patience in epochs")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--export", metavar="BACKEND",
-                        help="also export per-group compiled models (openvino, onnxruntime)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Train per-group adapters, save the data-aware model to OUTPUT/model (and OUTPUT/compiled)."""
-    from ..data.datasets import find_cases
-    from ..registry import create_model
-    from ..training.finetune import FinetuneConfig
-
-    overrides = {"input_size": args.input_size} if args.input_size else {}
-    base = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **overrides)
-    router = Router(parse_groups(args.groups) if args.groups else dict(DEFAULT_GROUPS), fallback=args.fallback)
-    adapter = {} if args.method not in api.PEFT_METHODS else {"r": args.rank, "alpha": args.alpha}
-    if args.method == "arena":
-        adapter["lam"] = args.lam
-    settings = DaftSettings(args.method, adapter, args.include_decoder, args.train_decoder, args.val_fraction)
-    config = FinetuneConfig(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
-                            batch_size=args.batch_size, lr=args.lr, early_stopping_patience=args.patience,
-                            device=args.device, seed=args.seed)
-    model, results = train_daft(base, find_cases(args.data), router, settings, config)
-    model.save(Path(args.output) / "model")
-    for group, r in results.items():
-        print(f"{group}: " + ", ".join(f"{k}={v}" for k, v in r.items()))
-    if args.export:
-        model.export(Path(args.output) / "compiled", backend=args.export)
-    print(f"saved {Path(args.output) / 'model'}" + (f" and {Path(args.output) / 'compiled'}" if args.export else ""))
-    return 0

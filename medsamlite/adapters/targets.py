@@ -6,6 +6,7 @@ from typing import Iterable
 
 from torch import nn
 
+from .. import encoders  # noqa: F401  (registers the encoders whose default targets are read)
 from ..registry import get_encoder_spec
 
 ENCODER = "image_encoder."

@@ -2,7 +2,7 @@
 
 Each model runs in its own process (`worker.py`): cold start (imports, build, weights) is timed apart
 from the cases, and memory is that process's own. Scores are computed here, from the written `segs`,
-with `medsamlite.metrics.evaluate_case` under the task's rules. Models without trained weights run with a
+with `medsamlite.runtime.metrics.evaluate_case` under the task's rules. Models without trained weights run with a
 seeded random initialisation: their runtime and memory are real, their DSC/NSD mean nothing and are not
 shown as accuracy (the CSVs keep them with `weights=random`).
 """
@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.modality import parse_modality
-from ..metrics import ZERO_NSD_BELOW_DSC, evaluate_case
+from ..runtime.modality import parse_modality
+from ..runtime.metrics import ZERO_NSD_BELOW_DSC, evaluate_case
 from .worker import WorkerSpec, write_spec
 
 SMALL_ENV = "MEDSAMLITE_BENCH_SMALL"  # set to 1 (e.g. in CI) for the --small setting
@@ -156,7 +156,7 @@ class BenchResult:
 
 
 def machine_context(config: BenchConfig, data: Path) -> dict[str, Any]:
-    from ..export.precision import cpu_summary
+    from ..runtime.precision import cpu_summary
 
     return {"cpu": cpu_summary(), "cores": os.cpu_count(), "threads": config.threads or "default",
             "backend": config.backend, "precision": config.precision, "python": platform.python_version(),

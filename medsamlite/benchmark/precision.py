@@ -28,21 +28,18 @@ def bench_model(name: str):
     """The model with its packaged trained weights where it has them (real masks), else seeded random weights."""
     import torch
 
-    from medsamlite import create_model, get_model_config
-    from medsamlite.checkpoints import CheckpointError
+    from ..factory import create_model, has_pretrained
+    from ..registry import get_model_config
 
-    try:
-        if get_model_config(name).pretrained:
-            return create_model(name, pretrained=True), "pretrained"
-    except CheckpointError:
-        pass
+    if has_pretrained(get_model_config(name)):
+        return create_model(name, pretrained=True), "pretrained"
     torch.manual_seed(0)
     return create_model(name), "seeded random"
 
 
 def synthetic_cases(size: float, seed: int) -> list:
     """One case of each 2D modality and one small 3D case."""
-    from medsamlite.data.synthetic import MODALITIES_2D, make_case
+    from ..data.synthetic import MODALITIES_2D, make_case
 
     return [make_case(m, 0, seed=seed, size=size) for m in MODALITIES_2D] + [make_case("MR", 0, seed=seed, size=size,
                                                                                        depth=0.25)]
@@ -50,17 +47,18 @@ def synthetic_cases(size: float, seed: int) -> list:
 
 def user_cases(folder: Path) -> list:
     """The task cases in `folder` (or its imgs/), read and checked as `medsamlite predict` reads them."""
-    from medsamlite.inference.npz import read_case
+    from ..constants import find_cases
+    from ..runtime.npz import read_case
 
-    files = sorted(folder.glob("*.npz")) or sorted((folder / "imgs").glob("*.npz"))
+    files = find_cases(folder).files
     if not files:
         raise FileNotFoundError(f"{folder}: no .npz cases (looked in {folder} and {folder / 'imgs'})")
     return [read_case(f) for f in files]
 
 
 def calibration_set(model_config, size: float, n: int) -> list[np.ndarray]:
-    from medsamlite.data.synthetic import MODALITIES_2D, make_case
-    from medsamlite.preprocess import preprocess_image
+    from ..data.synthetic import MODALITIES_2D, make_case
+    from ..runtime.preprocess import preprocess_image
 
     cases = [make_case(MODALITIES_2D[i % len(MODALITIES_2D)], i, seed=1000 + i, size=size) for i in range(n)]
     return [preprocess_image(c.imgs, model_config.input_size, model_config.normalization)[0][0] for c in cases]
@@ -68,7 +66,7 @@ def calibration_set(model_config, size: float, n: int) -> list[np.ndarray]:
 
 def run_cases(engine, cases: list) -> tuple[list[np.ndarray], float]:
     """Label maps of every case and the median whole-case seconds."""
-    from medsamlite.inference import Predictor
+    from ..runtime import Predictor
 
     predictor = Predictor(engine)
     segs, seconds = [], []
@@ -93,7 +91,7 @@ def encode_median(engine, size: int, repeats: int) -> float:
 
 def agreement(segs: list[np.ndarray], reference: list[np.ndarray], cases: list) -> dict[str, float]:
     """DSC and NSD of each case's masks against the f32 masks: mean and worst over cases."""
-    from medsamlite.metrics import evaluate_case
+    from ..runtime.metrics import evaluate_case
 
     scores = [evaluate_case(s, r, c.spacing if c.kind == "3D" else None, zero_nsd_below_dsc=None)
               for s, r, c in zip(segs, reference, cases) if r.max() > 0]
@@ -141,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The sweep of `args` (see `add_arguments`); writes the reports and prints the table."""
-    from medsamlite import list_models
-    from medsamlite.export import compile, cpu_summary, cpu_supports_bf16, default_cache_dir
-    from medsamlite.inference.torch_engine import TorchEngine
+    from ..registry import list_models
+    from ..export import compile, cpu_summary, cpu_supports_bf16, default_cache_dir
+    from ..torch_engine import TorchEngine
 
     cache_dir = args.cache_dir or default_cache_dir()
     cases = synthetic_cases(args.size, seed=0) + (user_cases(args.data) if args.data else [])

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 def machine_header() -> list[str]:
     """Lines naming the CPU (model and precision-relevant flags), cores, load and software, for every figure."""
-    from ..export.precision import cpu_summary
+    from ..runtime.precision import cpu_summary
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return [f"CPU: {cpu_summary()}; {os.cpu_count()} logical cores; load average before the run: {load}",

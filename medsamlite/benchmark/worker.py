@@ -12,7 +12,6 @@ far in the process (`rss_method` says which).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
@@ -60,49 +59,29 @@ def peak_rss_mb() -> float:
 
 def has_trained_weights(model: str, checkpoint: str | None) -> bool:
     """A checkpoint was given, or the model's packaged trained weights are installed."""
-    if checkpoint is not None:
-        return True
-    from ..checkpoints import CheckpointError, pretrained_path
+    from ..factory import has_pretrained
     from ..registry import get_model_config
 
-    config = get_model_config(model)
-    if config.pretrained is None:
-        return False
-    try:
-        pretrained_path(config)
-    except CheckpointError:
-        return False
-    return True
+    return checkpoint is not None or has_pretrained(get_model_config(model))
 
 
 def load_engine(spec: WorkerSpec, trained: bool) -> Any:
-    """The engine to benchmark: trained weights through `medsamlite predict`'s loader, else a seeded random init."""
-    if trained:
-        from ..inference.cli import load_engine as load_trained
+    """The engine to benchmark through `medsamlite.open`: trained weights, else a seeded random init."""
+    from ..engines import open as open_model
 
-        return load_trained(argparse.Namespace(model=spec.model, checkpoint=spec.checkpoint,
-                                               pretrained=spec.checkpoint is None, backend=spec.backend,
-                                               precision=spec.precision, threads=spec.threads))
+    options = dict(backend=spec.backend, precision=spec.precision, threads=spec.threads)
+    if trained:
+        return open_model(spec.model, checkpoint=spec.checkpoint, **options)
     import torch
 
-    from ..registry import create_model
+    from ..factory import create_model
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
-    model = create_model(spec.model)
-    if spec.backend == "torch":
-        from ..inference.cli import _torch_precision
-        from ..inference.torch_engine import TorchEngine
-
-        return TorchEngine(model, precision=_torch_precision(spec.precision))
-    from ..export import compile
-
-    return compile(model, backend=spec.backend, precision=spec.precision, threads=spec.threads)
+    return open_model(create_model(spec.model), **options)
 
 
 def run(spec: WorkerSpec) -> None:
-    from ..inference.predictor import Predictor
+    from ..runtime.predictor import Predictor
 
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,13 @@
 """Data: task-format data sets, modality-aware sampling and the synthetic multi-modality cases.
 
-Names load lazily, so `medsamlite.data.synthetic` and `medsamlite.data.modality` stay torch-free.
+Names load lazily, so `medsamlite.data.synthetic` and `medsamlite.runtime.modality` stay torch-free.
 """
 from __future__ import annotations
 
 from .._lazy import lazy_exports
 
 _LAZY = {
-    "parse_modality": "medsamlite.data.modality",
+    "parse_modality": "medsamlite.runtime.modality",
     "ModalityBalancedSampler": "medsamlite.data.samplers",
     "NpzSliceDataset": "medsamlite.data.datasets",
     "NpzImageDataset": "medsamlite.data.datasets",

@@ -25,27 +25,21 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import ModelConfig
-from ..inference.npz import CaseError, check_image, kind_from_name
-from ..preprocess import pad_bottom_right, preprocess_image, resize_longest_side, scale_boxes
-from .modality import case_stem, parse_modality
+from ..constants import find_cases
+from ..runtime.npz import CaseError, check_image, kind_from_name
+from ..runtime.preprocess import pad_bottom_right, preprocess_image, resize_longest_side, scale_boxes
+from ..runtime.modality import case_stem, parse_modality
 
 SLICE_MODES = ("random", "all")
 
 
-def find_cases(root: str | Path) -> list[Path]:
-    """The case files under `root`: `root/imgs/*.npz` in the task layout, else every `*.npz` below `root`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder of .npz cases")
-    files = sorted((root / "imgs").glob("*.npz")) if (root / "imgs").is_dir() else sorted(root.rglob("*.npz"))
-    if not files:
-        raise FileNotFoundError(f"{root}: no .npz cases found (expected imgs/*.npz or *.npz files)")
-    return files
-
-
-def _as_files(cases: str | Path | Sequence[str | Path]) -> list[Path]:
+def case_files(cases: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Case files: a folder's (task layout `imgs/`, else every .npz below it) or the given list."""
     if isinstance(cases, (str, Path)):
-        return find_cases(cases)
+        files = find_cases(cases, recursive=True).files
+        if not files:
+            raise FileNotFoundError(f"{cases}: no .npz cases found (expected imgs/*.npz or *.npz files)")
+        return files
     files = [Path(f) for f in cases]
     if not files:
         raise ValueError("no case files given")
@@ -142,7 +136,7 @@ class NpzCases(Dataset):
                  modality_overrides: Mapping[str, str] | None = None, seed: int = 0) -> None:
         if slices not in SLICE_MODES:
             raise ValueError(f"slices must be one of {SLICE_MODES}, got {slices!r}")
-        self.files = _as_files(cases)
+        self.files = case_files(cases)
         self.slices, self.augment, self.seed, self.epoch = slices, augment, seed, 0
         self.case_modalities = [parse_modality(f, modality_overrides) for f in self.files]
         self.entries: list[_Entry] = []

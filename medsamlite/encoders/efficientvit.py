@@ -97,14 +97,14 @@ def remap(sd: dict) -> dict:
 _ADAPTER_TARGETS = r"backbone\.stages\.\d+\.blocks\.\d+\..*\.(qkv|proj|inverted_conv|point_conv)\.conv"
 
 
-@register_encoder("efficientvit_l0", family="efficientvit", input_size=512, remap=remap,
+@register_encoder("efficientvit_l0", remap=remap,
                   adapter_targets=_ADAPTER_TARGETS)
 def efficientvit_l0(input_size: int = 512, **kwargs) -> nn.Module:
     """EfficientViT-SAM L0 encoder (backbone depths 1/1/1/4/4, 4 neck blocks)."""
     return EfficientVitSam(depths=(1, 1, 1, 4, 4), neck_depth=4, **kwargs)
 
 
-@register_encoder("efficientvit_l1", family="efficientvit", input_size=512, remap=remap,
+@register_encoder("efficientvit_l1", remap=remap,
                   adapter_targets=_ADAPTER_TARGETS)
 def efficientvit_l1(input_size: int = 512, **kwargs) -> nn.Module:
     """EfficientViT-SAM L1 encoder (backbone depths 1/1/1/6/6, 8 neck blocks)."""

@@ -107,7 +107,7 @@ def remap(sd: dict) -> dict:
     return out
 
 
-@register_encoder("repvit_m0_6_medsam", family="repvit", input_size=256, remap=remap,
+@register_encoder("repvit_m0_6_medsam", remap=remap,
                   adapter_targets=r"blocks\.\d+\.channel_mixer\.conv[12]\.c")
 def repvit_m0_6_medsam(input_size: int = 256, **kwargs) -> nn.Module:
     """The RepViT-M0.6 student (total stride 4, so only a 256 input gives the 64x64 embedding)."""

@@ -118,7 +118,7 @@ class SwinMedSam(nn.Module):
         return out.permute(0, 3, 1, 2).contiguous()
 
 
-@register_encoder("swin_t_medsam", family="swin", input_size=256, derived_keys=(r"\.attn\.relative_position_index$",),
+@register_encoder("swin_t_medsam", derived_keys=(r"\.attn\.relative_position_index$",),
                   adapter_targets=r"layers\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])")
 def swin_t_medsam(input_size: int = 256, **kwargs) -> nn.Module:
     """The Swin-T teacher; its embedding grid is input_size / 4 (64x64 at the reference's 256)."""

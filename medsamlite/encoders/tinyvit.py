@@ -60,7 +60,7 @@ def remap(sd: dict) -> dict:
     return out
 
 
-@register_encoder("tinyvit_medsam", family="tinyvit", input_size=256, remap=remap,
+@register_encoder("tinyvit_medsam", remap=remap,
                   adapter_targets=r"stages\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])")
 def tinyvit_medsam(input_size: int = 256, **kwargs) -> nn.Module:
     """LiteMedSAM's TinyViT-5M encoder (total stride 4, so only a 256 input gives the 64x64 embedding)."""

@@ -1,16 +1,14 @@
-"""Export to CPU runtimes: `compile` (torch, lazily) and `load` (torch-free) with one precision policy.
+"""Export to CPU runtimes: `compile` a torch model into the cache and `export` it as a folder (torch side).
 
 ```
 compiled = medsamlite.export.compile(model, backend="openvino", precision="f32")   # cached on disk
-compiled = medsamlite.export.load("exported/litemedsam_ov")                         # no torch imported
+medsamlite.export.export(model, "exported/litemedsam_ov")                          # a folder to ship
+compiled = medsamlite.runtime.load("exported/litemedsam_ov")                       # torch-free
 ```
 """
 from __future__ import annotations
 
 from .cache import default_cache_dir
-from .compile import cache_key, compile, export  # torch is imported only when compile/export run
-from .compiled import BACKENDS, CompiledSam, load
-from .precision import PRECISIONS, PrecisionWarning, cpu_summary, cpu_supports_bf16
+from .compile import cache_key, compile, export
 
-__all__ = ["BACKENDS", "PRECISIONS", "CompiledSam", "PrecisionWarning", "cache_key", "compile",
-           "cpu_summary", "cpu_supports_bf16", "default_cache_dir", "export", "load"]
+__all__ = ["cache_key", "compile", "default_cache_dir", "export"]

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ..constants import CONFIG_FILE
+
 ENV_CACHE = "MEDSAMLITE_CACHE"
-META_FILE = "config.json"
 
 
 def default_cache_dir() -> Path:
@@ -48,20 +49,11 @@ def digest(parts: Mapping[str, Any]) -> str:
 
 def entry_ready(path: Path) -> bool:
     """An entry is complete once its metadata file exists (written last, before the rename)."""
-    return (path / META_FILE).is_file()
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a cache entry or exported folder, with an error naming the file."""
-    file = Path(path) / META_FILE
-    try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"{file}: not a compiled medsamlite model ({error})") from error
+    return (path / CONFIG_FILE).is_file()
 
 
 def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
-    (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
 @contextlib.contextmanager

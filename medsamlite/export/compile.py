@@ -9,18 +9,18 @@ versions, precision, int8 calibration set), so a changed model never meets a sta
 """
 from __future__ import annotations
 
-import importlib
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .. import __version__
-from .cache import building, default_cache_dir, digest, entry_ready, read_meta, state_dict_digest, write_meta
-from .compiled import BACKENDS, FORMAT, CompiledSam, load
-from .precision import check_precision
+from ..constants import FORMAT_COMPILED, RUNTIME_BACKENDS, __version__
+from ..runtime.compiled import CompiledSam, load, read_meta
+from ..runtime.precision import check_precision
+from . import convert
+from .cache import building, default_cache_dir, digest, entry_ready, state_dict_digest, write_meta
 from .quantize import calibration_batches, calibration_digest
 
 if TYPE_CHECKING:
@@ -36,10 +36,10 @@ ONNX_STAGE = "onnx"
 DECODER_BOXES = 1
 
 
-def _backend(name: str) -> Any:
-    if name not in BACKENDS:
-        raise ValueError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+def _check_backend(name: str) -> str:
+    if name not in RUNTIME_BACKENDS:
+        raise ValueError(f"backend {name!r} is not one of {', '.join(RUNTIME_BACKENDS)}")
+    return name
 
 
 def onnx_key(model: "SamLite") -> str:
@@ -51,14 +51,14 @@ def onnx_key(model: "SamLite") -> str:
     return digest({"weights": state_dict_digest(model.state_dict()), "config": config.to_dict(),
                    "structure": digest({"repr": repr(model)}),
                    "input_shape": [1, 3, config.input_size, config.input_size], "torch": torch.__version__,
-                   "decoder_boxes": DECODER_BOXES, "opset": OPSET, "format": FORMAT})
+                   "decoder_boxes": DECODER_BOXES, "opset": OPSET, "format": FORMAT_COMPILED})
 
 
 def cache_key(model: "SamLite", backend: str, precision: str,
               calibration: Sequence[np.ndarray] | None = None, traced: str | None = None) -> str:
     """Key of a compiled entry: the traced graphs' key plus backend, its version and the precision."""
     return digest({"onnx": traced or onnx_key(model), "backend": backend,
-                   "backend_version": _backend(backend).version(), "precision": precision,
+                   "backend_version": convert.version(_check_backend(backend)), "precision": precision,
                    "calibration": calibration_digest(calibration)})
 
 
@@ -112,7 +112,7 @@ def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> 
 
         with building(entry) as tmp:
             export_onnx(model, tmp)
-            write_meta(tmp, {"format": FORMAT, "stage": ONNX_STAGE, "key": key, "config": model.config.to_dict(),
+            write_meta(tmp, {"format": FORMAT_COMPILED, "stage": ONNX_STAGE, "key": key, "config": model.config.to_dict(),
                              "versions": {"torch": torch.__version__, "medsamlite": __version__}})
     return entry
 
@@ -120,29 +120,30 @@ def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> 
 def build_entry(model: "SamLite", entry: Path, backend: str, precision: str, cache_dir: Path,
                 calibration: Sequence[np.ndarray] | None, traced: str) -> None:
     """Write the compiled folder `entry` (atomically) from the cached ONNX stage."""
-    runtime = _backend(backend)
     graphs = traced_graphs(model, cache_dir, traced)
     batches = calibration_batches(calibration, model.config.input_size) if precision == "int8" else None
     with building(entry) as tmp:
-        files = runtime.convert(graphs, tmp, precision, batches)
+        files = convert.convert(backend, graphs, tmp, precision, batches)
         meta = read_meta(graphs)
         meta.update(stage="compiled", key=entry.name, onnx_key=traced, backend=backend, precision=precision,
                     files=files, input_shape=[1, 3, model.config.input_size, model.config.input_size],
                     calibration_images=len(batches) if batches else 0)
-        meta["versions"][backend] = runtime.version()
+        meta["versions"][backend] = convert.version(backend)
         write_meta(tmp, meta)
 
 
 def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path | None = None,
             precision: str = "f32", threads: int | None = None,
-            calibration: Sequence[np.ndarray] | None = None) -> CompiledSam:
+            calibration: Sequence[np.ndarray] | None = None,
+            on_compile: Callable[[str], None] | None = None) -> CompiledSam:
     """`model` on a CPU runtime, built once and loaded from the cache afterwards.
 
     precision: "f32" (exact, default), "bf16" (where the CPU has it, else f32 with a warning),
     "int8" (NNCF quantisation of the encoder; needs `calibration`, a list of preprocessed images),
-    "auto" (the runtime's own default, reported back in `.precision`).
+    "auto" (the runtime's own default, reported back in `.precision`). `on_compile(message)` is called
+    before a model that is not in the cache yet is compiled.
     """
-    _backend(backend)
+    _check_backend(backend)
     check_precision(precision)
     if precision == "int8" and not calibration:
         raise ValueError("precision='int8' needs calibration=[preprocessed images]; it is never chosen silently")
@@ -150,6 +151,8 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
     traced = onnx_key(model)
     entry = cache_dir / cache_key(model, backend, precision, calibration if precision == "int8" else None, traced)
     if not entry_ready(entry):
+        if on_compile is not None:
+            on_compile(f"compiling {model.config.name} for {backend} at {precision} (once; cached in {cache_dir})")
         build_entry(model, entry, backend, precision, cache_dir, calibration, traced)
     return load(entry, precision=precision, threads=threads)
 

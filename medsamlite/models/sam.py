@@ -4,31 +4,45 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from typing import TYPE_CHECKING
+
 from ..config import ModelConfig
-from ..registry import get_encoder_spec
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
+
+if TYPE_CHECKING:
+    from ..torch_engine import TorchEngine
+
+
+def sam_heads(config: ModelConfig) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's prompt encoder and mask decoder at the sizes `config` gives."""
+    grid = (config.embed_size, config.embed_size)
+    prompt_encoder = PromptEncoder(config.embed_dim, grid, (config.box_frame, config.box_frame),
+                                   mask_in_chans=config.mask_in_chans)
+    transformer = TwoWayTransformer(depth=config.decoder_depth, embedding_dim=config.embed_dim,
+                                    mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_heads,
+                                    norm_eps=config.decoder_norm_eps)
+    mask_decoder = MaskDecoder(transformer_dim=config.embed_dim, transformer=transformer,
+                               num_multimask_outputs=config.num_multimask_outputs,
+                               iou_head_depth=config.iou_head_depth, iou_head_hidden_dim=config.iou_head_hidden_dim)
+    return prompt_encoder, mask_decoder
 
 
 class SamLite(nn.Module):
     """Image encoder + prompt encoder + mask decoder, callable as two halves (`encode`, `decode`).
 
-    State-dict keys follow the reference layout: `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`.
+    The parts come in built (`medsamlite.create_model` builds them from the registry); state-dict keys
+    follow the reference layout: `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, image_encoder: nn.Module, prompt_encoder: PromptEncoder,
+                 mask_decoder: MaskDecoder) -> None:
         super().__init__()
         self.config = config
-        spec = get_encoder_spec(config.encoder)
-        self.image_encoder = spec.build(input_size=config.input_size, **config.encoder_kwargs)
-        grid = (config.embed_size, config.embed_size)
-        self.prompt_encoder = PromptEncoder(config.embed_dim, grid, (config.box_frame, config.box_frame),
-                                            mask_in_chans=16)
-        self.mask_decoder = MaskDecoder(
-            transformer_dim=config.embed_dim, num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=config.embed_dim, mlp_dim=2048, num_heads=8,
-                                           norm_eps=config.decoder_norm_eps))
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (B, 3, S, S) to image embeddings (B, 256, 64, 64)."""
@@ -44,6 +58,12 @@ class SamLite(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """One box per image: (B, 3, S, S) and (B, 4) to logits (B, 1, 256, 256) and IoU (B, 1)."""
         return self.decode(self.encode(images), boxes, multimask_output)
+
+    def as_engine(self, precision: str = "f32") -> "TorchEngine":
+        """This model behind the runtime's numpy engine protocol (what `Predictor(model)` uses)."""
+        from ..torch_engine import TorchEngine
+
+        return TorchEngine(self, precision=precision)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of each part and in total."""

@@ -1,0 +1,45 @@
+"""The `medsamlite` command: each subcommand is a module here with `add_arguments(parser)` and `run(args) -> int`.
+
+Only the chosen subcommand's module is imported, so `medsamlite predict` on an exported folder imports no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "models": "list the registered models with their sizes",
+    "predict": "segment task-format .npz cases (a file or a folder)",
+    "export": "export a model to OpenVINO / ONNX Runtime",
+    "bench": "compare models on DSC, NSD, runtime and memory",
+    "train": "fine-tune, distil, or train per-modality adapters",
+    "convert-checkpoint": "rewrite a trusted pickled checkpoint as safetensors",
+}
+
+
+def _module(name: str) -> str:
+    return f"{__name__}.{name.replace('-', '_')}"
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's module is imported (keeps `predict` light)."""
+    parser = argparse.ArgumentParser(prog="medsamlite", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=_module(name))
+        if only in (None, name):
+            importlib.import_module(_module(name)).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

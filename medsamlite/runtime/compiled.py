@@ -1,0 +1,113 @@
+"""`CompiledSam`, the runtime-side model, and `load`, which opens a compiled folder (torch-free).
+
+A compiled folder (a cache entry or the output of `medsamlite export`) holds the image encoder and the
+prompt encoder + mask decoder as two graphs plus `config.json`, which says what it is: the
+`ModelConfig`, backend, precision, cache key and the versions that built it.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..constants import CONFIG_FILE, FORMAT_COMPILED
+from .engine import check_embedding, no_boxes
+from .precision import check_precision
+
+# the runtime module of each backend (imported only when a folder of that backend is opened)
+RUNTIMES = {"openvino": "medsamlite.runtime.openvino", "onnxruntime": "medsamlite.runtime.onnxruntime"}
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The `config.json` of a compiled folder or cache entry, with an error naming the file."""
+    file = Path(path) / CONFIG_FILE
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{file}: not a compiled medsamlite model ({error})") from error
+
+
+class CompiledSam:
+    """A `SamLite` on a CPU runtime, with the predictor's engine protocol (`encode`, `decode`).
+
+    `precision` is what the runtime actually runs at, read back from it; `requested_precision` is
+    what was asked for. Outputs are fresh arrays the caller may keep.
+    """
+
+    backend: str = ""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.config = ModelConfig.from_dict(meta["config"])
+        self.requested_precision = meta["precision"]
+        self.precision = meta["precision"]
+        self.loaded_from_cache = False
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, 3, self.config.input_size, self.config.input_size)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Preprocessed images (B, 3, S, S) float32 to embeddings (B, 256, 64, 64), one graph call per image."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != self.input_shape[1:]:
+            raise ValueError(f"{self.config.name}: images of shape {images.shape}, expected (B, 3, "
+                             f"{self.config.input_size}, {self.config.input_size})")
+        if images.shape[0] > 1:
+            return self._encode_many(images)
+        return self._encode_one(images)
+
+    def _encode_many(self, images: np.ndarray) -> np.ndarray:
+        """Several images on the static one-image graph; runtimes that can overlap calls override this."""
+        return np.concatenate([self._encode_one(images[i:i + 1]) for i in range(images.shape[0])])
+
+    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One embedding (1, 256, 64, 64) and boxes (N, 4) in the S frame to logits (N, 1, 256, 256), IoU (N, 1)."""
+        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        boxes = np.ascontiguousarray(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+        check_embedding(self.config, embedding)
+        if boxes.shape[0] == 0:
+            return no_boxes(self.config)
+        return self._decode(embedding, boxes)
+
+    def _encode_one(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (N >= 1, 4) on the static one-box graph (see export.compile.DECODER_BOXES): one call per box."""
+        outputs = [self._decode_one(embedding, boxes[i:i + 1]) for i in range(boxes.shape[0])]
+        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
+
+    def _decode_one(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.config.name!r}, backend={self.backend!r}, "
+                f"precision={self.precision!r}, path='{self.path}')")
+
+
+def load(path: str | Path, backend: str | None = None, precision: str | None = None,
+         threads: int | None = None) -> CompiledSam:
+    """Open a compiled folder on its runtime; `precision`/`threads` override what it was exported with."""
+    path = Path(path)
+    meta = read_meta(path)
+    if meta.get("format") != FORMAT_COMPILED:
+        raise ValueError(f"{path / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT_COMPILED!r} "
+                         "(a folder written by `medsamlite export` or `medsamlite.export.compile`)")
+    stored = meta["backend"]
+    if backend is not None and backend != stored:
+        raise ValueError(f"{path}: exported for backend {stored!r}, not {backend!r}; export it again with "
+                         f"`medsamlite export --backend {backend}`")
+    if precision is not None:
+        check_precision(precision)
+        if (precision == "int8") != (meta["precision"] == "int8"):
+            raise ValueError(f"{path}: exported at precision {meta['precision']!r}; int8 is fixed at export "
+                             f"time and cannot be switched to or from at load ({precision!r} requested)")
+        meta = {**meta, "precision": precision}
+    runtime = importlib.import_module(RUNTIMES[stored])
+    return runtime.open_compiled(path, meta, threads)

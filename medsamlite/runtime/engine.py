@@ -1,0 +1,52 @@
+"""The `Engine` protocol: what the predictor needs from a model, with numpy in and out (torch-free)."""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..config import ModelConfig
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A model split in two halves, as the compiled runtimes and `TorchEngine` expose it.
+
+    `encode`: preprocessed images (B, 3, S, S) float32 -> embeddings (B, 256, 64, 64).
+    `decode`: one embedding (1, 256, 64, 64) and boxes (N, 4) float32 in the S frame -> low-res logits
+    (N, 1, 256, 256) and predicted IoU (N, 1). Outputs may be views of buffers the engine reuses: callers
+    copy what they keep.
+    """
+
+    config: ModelConfig
+
+    def encode(self, images: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def check_embedding(config: ModelConfig, embedding: np.ndarray) -> None:
+    """`decode` takes one embedding (1, C, h, w) of the model's shape; anything else is a ValueError."""
+    if tuple(np.shape(embedding)) != (1, *config.embedding_shape):
+        raise ValueError(f"{config.name}: embedding of shape {tuple(np.shape(embedding))}, expected "
+                         f"(1, {', '.join(map(str, config.embedding_shape))}): decode takes one image's embedding")
+
+
+def no_boxes(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """What `decode` returns for zero boxes: empty logits (0, 1, L, L) and IoU (0, 1)."""
+    side = config.low_res_size
+    return np.zeros((0, 1, side, side), np.float32), np.zeros((0, 1), np.float32)
+
+
+def as_engine(obj: Any, precision: str = "f32") -> Engine:
+    """`obj` itself when it is an engine; a model that offers one (`obj.as_engine`, e.g. a torch SamLite) wrapped.
+
+    The runtime never imports the torch side: a torch model brings its own engine.
+    """
+    to_engine = getattr(obj, "as_engine", None)
+    if callable(to_engine):
+        return to_engine(precision=precision)
+    if isinstance(obj, Engine) and isinstance(getattr(obj, "config", None), ModelConfig):
+        return obj
+    raise TypeError(f"{type(obj).__name__} is not a model: expected a torch SamLite or an engine with "
+                    "`config: ModelConfig`, `encode(images)` and `decode(embedding, boxes)` on numpy arrays")

@@ -1,0 +1,57 @@
+"""`TorchEngine`: a torch `SamLite` behind the runtime's numpy `Engine` protocol, on any device."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .runtime.engine import check_embedding, no_boxes
+
+TORCH_PRECISIONS = ("f32", "bf16")
+
+
+class TorchEngine:
+    """Runs `model.encode` / `model.decode` under `torch.inference_mode`; numpy in, float32 numpy out.
+
+    Inputs go to the device the model's parameters live on and results come back to host numpy, so a
+    model being trained on a GPU can be validated with the same `Predictor`. `precision="bf16"` runs the
+    image encoder under bfloat16 autocast (the decoder stays f32: it is cheap and its logits decide the masks).
+    """
+
+    backend = "torch"
+
+    def __init__(self, model: nn.Module, precision: str = "f32") -> None:
+        if precision not in TORCH_PRECISIONS:
+            raise ValueError(f"precision {precision!r}; expected one of {TORCH_PRECISIONS}")
+        if not callable(getattr(model, "encode", None)) or not callable(getattr(model, "decode", None)):
+            raise TypeError(f"{type(model).__name__} has no encode/decode: expected a medsamlite SamLite")
+        self.model = model.eval()
+        self.config = model.config
+        self.precision = precision
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        return f"TorchEngine({self.config.name!r}, precision={self.precision!r}, device='{self.device}')"
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        device = self.device
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
+            return self.model.encode(self._tensor(images)).float().cpu().numpy()
+
+    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One call per box, as on the compiled runtimes: 34 boxes took 2.1 s looped, 4.4-6.3 s batched (CPU)."""
+        check_embedding(self.config, embedding)
+        emb, box = self._tensor(embedding), self._tensor(boxes).reshape(-1, 4)
+        if len(box) == 0:
+            return no_boxes(self.config)
+        with torch.inference_mode():
+            outputs = [self.model.decode(emb, box[i:i + 1]) for i in range(len(box))]
+        return (torch.cat([o[0] for o in outputs]).float().cpu().numpy(),
+                torch.cat([o[1] for o in outputs]).float().cpu().numpy())

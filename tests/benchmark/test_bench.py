@@ -1,0 +1,143 @@
+"""`medsamlite bench` end to end on tiny synthetic cases: worker processes, scores, reports, plots, errors."""
+from __future__ import annotations
+
+import argparse
+import csv
+import mmap
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from medsamlite.cli import bench as cli
+from medsamlite.benchmark.compare import BenchConfig, run_bench
+from medsamlite.benchmark.worker import peak_rss_mb, reset_peak_rss
+from medsamlite.data.synthetic import write_dataset
+from medsamlite.runtime.metrics import evaluate_case
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    write_dataset(root / "data", modalities=("PET", "Endoscopy"), size=0.2, depth=0.1)  # 4 slices + 1 image
+    config = BenchConfig(out=root / "out", models=["litemedsam", "repvit_m0_6_medsam"], data=root / "data", threads=1)
+    return config, run_bench(config)
+
+
+def test_reports_are_written(bench):
+    config, result = bench
+    out = config.out
+    for name in ("cases.csv", "modalities.csv", "models.csv", "results.md", "context.json"):
+        assert (out / name).stat().st_size > 0
+    for name in ("runtime_vs_dsc.png", "modality_seconds.png", "modality_dsc.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    rows = list(csv.DictReader(open(out / "cases.csv")))
+    assert {(r["model"], r["case"]) for r in rows} == {(m, c) for m in ("litemedsam", "repvit_m0_6_medsam")
+                                                        for c in ("2DBox_Endoscopy_0000.npz", "3DBox_PET_0000.npz")}
+    assert all(r["status"] == "ok" and float(r["seconds"]) > 0 and float(r["peak_rss_mb"]) > 100 for r in rows)
+    assert {r["modality"] for r in rows} == {"PET", "Endoscopy"}
+
+
+def test_scores_are_the_metrics_of_the_written_segs(bench):
+    config, result = bench
+    for row in result.cases:
+        with np.load(config.data / "gts" / row["case"]) as g, np.load(row["segs"]) as s:
+            score = evaluate_case(s["segs"], g["gts"], g["spacing"] if g["gts"].ndim == 3 else None)
+        assert row["dsc"] == score.mean_dsc and row["nsd"] == score.mean_nsd
+
+
+def test_trained_weights_are_stated_and_random_dsc_is_not_shown(bench):
+    config, result = bench
+    weights = {m["model"]: m["weights"] for m in result.models}
+    assert weights == {"litemedsam": "trained", "repvit_m0_6_medsam": "random"}
+    trained = [r for r in result.cases if r["model"] == "litemedsam"]
+    assert max(r["dsc"] for r in trained) > 0.5  # the packaged LiteMedSAM weights segment a box-prompted polyp
+    text = (config.out / "results.md").read_text()
+    models_table = text.split("\n\n")[2].splitlines()  # after the title and the context lines
+    row = {line.split("|")[1].strip(): line for line in models_table[2:]}
+    assert "| — | — |" in row["repvit_m0_6_medsam"] and "| — | — |" not in row["litemedsam"]
+    assert "random initialisation, benchmarked for speed and memory only" in text and result.context["cpu"] in text
+
+
+def test_peak_rss_is_per_case():
+    method = reset_peak_rss()
+    before = peak_rss_mb()
+    block = mmap.mmap(-1, 64 * 2 ** 20)  # 64 MiB of fresh pages (a malloc could reuse resident free memory)
+    block.write(b"\1" * len(block))
+    grown = peak_rss_mb()
+    block.close()
+    assert grown - before > 50
+    if method == "vmhwm-per-case":  # Linux: the peak resets to the current RSS
+        reset_peak_rss()
+        assert peak_rss_mb() < grown - 50
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.run(parse(["--out", str(tmp_path), "--checkpoints", "litemedsam"])) == 1
+    assert "MODEL=PATH" in capsys.readouterr().err
+    assert cli.run(parse(["--out", str(tmp_path), "--models", "no_such_model"])) == 1
+    assert "unknown model" in capsys.readouterr().err
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    out = ["--out", str(tmp_path / "o"), "--models", "litemedsam"]
+    assert cli.run(parse([*out, "--data", str(tmp_path / "data")])) == 1
+    assert "gts" in capsys.readouterr().err
+    write_dataset(tmp_path / "data2", modalities=("US",), size=0.1)
+    (tmp_path / "data2" / "gts" / "2DBox_US_0000.npz").unlink()
+    assert cli.run(parse([*out, "--data", str(tmp_path / "data2")])) == 1
+    assert "no ground truth for 2DBox_US_0000.npz" in capsys.readouterr().err
+
+
+def test_small_setting_from_environment(monkeypatch):
+    monkeypatch.setenv("MEDSAMLITE_BENCH_SMALL", "1")
+    args = parse([])
+    assert args.small and args.out == Path("bench-results")
+    assert BenchConfig(small=True).model_names() == ["litemedsam", "repvit_m0_6_medsam"]
+
+
+def test_cli_import_is_light():
+    code = ("import sys, medsamlite.cli.bench; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'monai', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_precision_sweep_reports_every_precision_against_f32(tmp_path, monkeypatch, capsys):
+    from medsamlite.runtime.precision import cpu_supports_bf16
+
+    monkeypatch.setenv("MEDSAMLITE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "mine"
+    write_dataset(data, modalities=("Endoscopy",), size=0.1)
+    assert cli.run(parse(["--precision-sweep", "--models", "repvit_m0_6_medsam", "--size", "0.1", "--data",
+                          str(data / "imgs"), "--out", str(tmp_path / "out")])) == 0
+    out = tmp_path / "out" / "precision"
+    rows = list(csv.DictReader((out / "precision.csv").open()))
+    expected = ["f32"] + (["bf16"] if cpu_supports_bf16() else []) + ["int8"] + (["torch_bf16"] if cpu_supports_bf16() else [])
+    assert [r["precision"] for r in rows] == expected
+    f32 = rows[0]
+    assert f32["runs_at"] == "f32" and float(f32["dsc_mean"]) == float(f32["dsc_worst"]) == 1.0
+    for row in rows:
+        assert float(row["encode_ms"]) > 0 and float(row["case_s"]) > 0
+        assert 0.0 <= float(row["dsc_worst"]) <= float(row["dsc_mean"]) <= 1.0
+    markdown = (out / "precision.md").read_text()
+    assert "CPU: " in markdown and "8 cases" in markdown  # 7 synthetic + the one from --data
+    assert (out / "precision.png").read_bytes().startswith(PNG)
+    assert "precision" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("[a-z]*.py")))
+def test_benchmark_scripts_start(script):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "usage" in done.stdout, done.stderr
+
