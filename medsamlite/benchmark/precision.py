@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """The sweep of `args` (see `add_arguments`); writes the reports and prints the table."""
     from ..registry import list_models
-    from ..export import compile, cpu_summary, cpu_supports_bf16, default_cache_dir
+    from ..export import compile, default_cache_dir
+    from ..runtime.precision import cpu_summary, cpu_supports_bf16
     from ..torch_engine import TorchEngine
 
     cache_dir = args.cache_dir or default_cache_dir()

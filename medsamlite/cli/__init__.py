@@ -37,6 +37,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     only = argv[0] if argv and argv[0] in COMMANDS else None
+    if only:  # a command may give a default to its own sub-command (`bench` runs `bench compare`)
+        prepare = getattr(importlib.import_module(_module(only)), "prepare_argv", None)
+        argv = [only, *prepare(argv[1:])] if prepare else argv
     args = build_parser(only).parse_args(argv)
     return int(importlib.import_module(args._module).run(args) or 0)
 

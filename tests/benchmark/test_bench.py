@@ -22,9 +22,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    """`medsamlite bench ARGV` as the command line parses it (no suite name: the default suite)."""
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    return parser.parse_args(argv)
+    return parser.parse_args(cli.prepare_argv(argv))
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,8 @@ def test_precision_sweep_reports_every_precision_against_f32(tmp_path, monkeypat
     monkeypatch.setenv("MEDSAMLITE_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "mine"
     write_dataset(data, modalities=("Endoscopy",), size=0.1)
-    assert cli.run(parse(["--precision-sweep", "--models", "repvit_m0_6_medsam", "--size", "0.1", "--data",
-                          str(data / "imgs"), "--out", str(tmp_path / "out")])) == 0
+    assert cli.run(parse(["precision", "--models", "repvit_m0_6_medsam", "--size", "0.1", "--data",
+                          str(data / "imgs"), "--out", str(tmp_path / "out" / "precision")])) == 0
     out = tmp_path / "out" / "precision"
     rows = list(csv.DictReader((out / "precision.csv").open()))
     expected = ["f32"] + (["bf16"] if cpu_supports_bf16() else []) + ["int8"] + (["torch_bf16"] if cpu_supports_bf16() else [])
