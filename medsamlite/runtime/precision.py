@@ -12,7 +12,8 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-PRECISIONS = ("f32", "bf16", "int8", "auto")
+from ..constants import PRECISIONS
+
 # CPU flags that matter for the precision choice, in the order they are reported.
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
