@@ -14,6 +14,10 @@ used only when the caller says they trust the file (`trust=True`, `--trust-check
 """
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "medsamlite.checkpoints")
+
 import json
 import pickle
 import re

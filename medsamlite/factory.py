@@ -1,6 +1,10 @@
 """Building models (timm's `_factory.py`): create from the registry, load a saved folder, find packaged weights."""
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "medsamlite.factory (creating torch models)")
+
 import hashlib
 import importlib.util
 from pathlib import Path

@@ -1,6 +1,10 @@
 """`TorchEngine`: a torch `SamLite` behind the runtime's numpy `Engine` protocol, on any device."""
 from __future__ import annotations
 
+from .extras import require
+
+require("torch", "a torch engine")
+
 import numpy as np
 import torch
 from torch import nn

@@ -6,7 +6,7 @@
 set -u
 cd "$(dirname "$0")/.."
 status=0; passed=0; failed=0
-for f in tests/test_*.py; do
+for f in tests/test_*.py tests/*/test_*.py; do
   out=$(python -m pytest -q -p no:cacheprovider "$f" "$@" 2>&1); rc=$?
   summary=$(printf '%s\n' "$out" | tail -n 1)
   echo "$f: $summary"

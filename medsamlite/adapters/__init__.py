@@ -4,6 +4,10 @@ Imports are lazy: `medsamlite.runtime.router` stays torch-free for the inference
 """
 from __future__ import annotations
 
+from ..extras import require
+
+require("train", "medsamlite.adapters")
+
 from .._lazy import lazy_exports
 
 _LAZY = {

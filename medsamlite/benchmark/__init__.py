@@ -1,4 +1,5 @@
-"""Benchmarks: run models over task cases and compare DSC, NSD, runtime and peak memory (`medsamlite bench`)."""
-from .compare import BenchConfig, BenchResult, run_bench
+"""Benchmarks: the suites behind `medsamlite bench SUITE` (compare, precision, latency, ...).
 
-__all__ = ["BenchConfig", "BenchResult", "run_bench"]
+Each suite module has `add_arguments(parser)` and `run(args)`; `report` (CSV, markdown, charts) is torch-free,
+so `medsamlite evaluate` uses it in the runtime-only install.
+"""

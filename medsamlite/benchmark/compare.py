@@ -2,8 +2,8 @@
 
 Each model runs in its own process (`worker.py`): cold start (imports, build, weights) is timed apart
 from the cases, and memory is that process's own. Scores are computed here, from the written `segs`,
-with `medsamlite.runtime.metrics.evaluate_case` under the task's rules. Models without trained weights run with a
-seeded random initialisation: their runtime and memory are real, their DSC/NSD mean nothing and are not
+with `medsamlite.runtime.scoring.score_file` under the task's rules; cases without ground truth are timed,
+not scored. Models without trained weights run with a seeded random initialisation: their runtime and memory are real, their DSC/NSD mean nothing and are not
 shown as accuracy (the CSVs keep them with `weights=random`).
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..constants import BACKENDS
+from ..constants import BACKENDS, find_cases
+from ..runtime.metrics import ZERO_NSD_BELOW_DSC
 from ..runtime.modality import parse_modality
-from ..runtime.metrics import ZERO_NSD_BELOW_DSC, evaluate_case
+from ..runtime.scoring import score_file
 from .worker import WorkerSpec, write_spec
 
 
@@ -83,28 +84,24 @@ class BenchError(RuntimeError):
 
 # data --------------------------------------------------------------------------------------------------
 
-def prepare_data(config: BenchConfig) -> Path:
-    """The data folder (`imgs/` + `gts/`): the given one, checked, or a freshly generated synthetic set."""
+def prepare_data(config: BenchConfig) -> tuple[Path, list[Path]]:
+    """The data folder and its cases: the given one (`imgs/`, ground truth in `gts/` where there is some), or
+    a freshly generated synthetic set. Cases without ground truth are run and timed, not scored."""
     if config.data is None:
         from ..data.synthetic import write_dataset
 
         root = config.out / "data"
         setting = config.data_setting
         write_dataset(root, setting.modalities, setting.per_modality, setting.size, config.seed, setting.depth)
-        return root
-    root = Path(config.data)
-    for sub in ("imgs", "gts"):
-        if not (root / sub).is_dir():
-            raise BenchError(f"{root}: no '{sub}/' folder; "
-                             "expected imgs/*.npz (imgs, boxes, spacing) and gts/*.npz (gts)")
-    cases = sorted((root / "imgs").glob("*.npz"))
+    else:
+        root = Path(config.data)
+        if not (root / "imgs").is_dir():
+            raise BenchError(f"{root}: no 'imgs/' folder; expected imgs/*.npz (imgs, boxes, spacing) and, "
+                             "to score them, gts/*.npz (gts)")
+    cases = find_cases(root / "imgs").files
     if not cases:
         raise BenchError(f"{root / 'imgs'}: no .npz cases")
-    missing = [c.name for c in cases if not (root / "gts" / c.name).exists()]
-    if missing:
-        raise BenchError(f"{root / 'gts'}: no ground truth for {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''}; expected gts/<case>.npz with key 'gts'")
-    return root
+    return root, cases
 
 
 # running -----------------------------------------------------------------------------------------------
@@ -138,11 +135,11 @@ def run_model(config: BenchConfig, model: str, cases: list[Path]) -> list[dict[s
 
 
 def score_case(record: dict[str, Any], gts_dir: Path) -> dict[str, Any]:
-    """A case record with DSC / NSD (the task's rules: NSD reported 0 when DSC <= 0.2)."""
-    with np.load(gts_dir / record["case"]) as g, np.load(record["segs"]) as s:
-        gts, segs = g["gts"], s["segs"]
-        spacing = g["spacing"] if "spacing" in g.files and gts.ndim == 3 else None
-    score = evaluate_case(segs, gts, spacing, zero_nsd_below_dsc=ZERO_NSD_BELOW_DSC)
+    """A case record with DSC / NSD under the task's rules, or a note where the case has no ground truth."""
+    gts = gts_dir / record["case"]
+    if not gts.is_file():
+        return {**record, "note": "no ground truth"}
+    score = score_file(record["segs"], gts)
     return {**record, "dsc": score.mean_dsc, "nsd": score.mean_nsd, "nsd_zeroed": score.nsd_zeroed}
 
 
@@ -184,8 +181,7 @@ def collect(model: str, backend: str, records: list[dict[str, Any]], gts_dir: Pa
 def run_bench(config: BenchConfig, progress: Any = None) -> BenchResult:
     """Run every model over the data set, score the outputs and write the reports under `config.out`."""
     config.out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(config)
-    cases = sorted((data / "imgs").glob("*.npz"))
+    data, cases = prepare_data(config)
     rows, models = [], []
     for model in config.model_names():
         if progress:
@@ -224,7 +220,7 @@ def by_modality(result: BenchResult) -> list[dict[str, Any]]:
 
 
 CASE_FIELDS = ("model", "backend", "weights", "case", "modality", "kind", "boxes", "status", "dsc", "nsd",
-               "nsd_zeroed", "seconds", "encode", "decode", "peak_rss_mb", "rss_method", "error")
+               "nsd_zeroed", "seconds", "encode", "decode", "peak_rss_mb", "rss_method", "note", "error")
 MODALITY_FIELDS = ("model", "weights", "modality", "cases", "dsc", "nsd", "seconds_mean", "peak_rss_mb")
 MODEL_FIELDS = ("model", "backend", "weights", "input_size", "cases", "failed", "dsc", "nsd", "seconds_mean",
                 "seconds_total", "load_seconds", "rss_after_load_mb", "peak_rss_mb", "error")

@@ -1,8 +1,8 @@
 """What each precision costs and buys, per model, on OpenVINO: encode latency, whole-case latency, and the
 agreement of its masks with the f32 masks (DSC and NSD per case, mean and worst) on the synthetic set.
 
-    medsamlite bench --precision-sweep                           # every model; f32, bf16 (if the CPU has it), int8
-    python benchmarks/precision.py --models litemedsam --size 0.5 --data my_cases/
+    medsamlite bench precision                                   # every model; f32, bf16 (if the CPU has it), int8
+    medsamlite bench precision --models litemedsam --size 0.5 --data my_cases/
 
 f32 is the reference; bf16 runs only where the CPU has native bf16; int8 is NNCF-quantised with
 --calibration images (2D synthetic cases of other seeds, so the evaluated cases are unseen). Torch bf16
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -131,12 +130,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("precision-results"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
 def run(args: argparse.Namespace) -> int:
     """The sweep of `args` (see `add_arguments`); writes the reports and prints the table."""
     from ..registry import list_models
@@ -178,6 +171,3 @@ def run(args: argparse.Namespace) -> int:
     print((args.out / "precision.md").read_text())
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,9 +8,12 @@ import argparse
 import importlib
 import sys
 
+from ..extras import MissingExtra
+
 COMMANDS = {
     "models": "list the registered models with their sizes",
     "predict": "segment task-format .npz cases (a file or a folder)",
+    "evaluate": "score existing segmentations against ground truth (DSC, NSD) as the task does",
     "export": "export a model to OpenVINO / ONNX Runtime",
     "bench": "compare models on DSC, NSD, runtime and memory",
     "train": "fine-tune, distil, or train per-modality adapters",
@@ -37,11 +40,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     only = argv[0] if argv and argv[0] in COMMANDS else None
-    if only:  # a command may give a default to its own sub-command (`bench` runs `bench compare`)
-        prepare = getattr(importlib.import_module(_module(only)), "prepare_argv", None)
-        argv = [only, *prepare(argv[1:])] if prepare else argv
-    args = build_parser(only).parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        if only:  # a command may give a default to its own sub-command (`bench` runs `bench compare`)
+            prepare = getattr(importlib.import_module(_module(only)), "prepare_argv", None)
+            argv = [only, *prepare(argv[1:])] if prepare else argv
+        args = build_parser(only).parse_args(argv)
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except MissingExtra as error:  # a part whose extra is not installed: one line, no traceback
+        print(f"medsamlite {only or ''}: {error}".replace("  ", " "), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ compiled = medsamlite.runtime.load("exported/litemedsam_ov")                    
 """
 from __future__ import annotations
 
+from ..extras import require
+
+require("torch", "medsamlite.export (torch to ONNX to a runtime)", ("torch", "onnx"))
+
 from .cache import default_cache_dir
 from .compile import cache_key, compile, export
 

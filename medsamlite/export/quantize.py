@@ -2,13 +2,15 @@
 
 Only the encoder is quantised: it holds nearly all of the compute, and the decoder's inputs (an
 embedding plus boxes) would need their own calibration set. Never chosen silently: `precision="int8"`
-needs a calibration set from the caller, and `benchmarks/precision.py` reports its accuracy change.
+needs a calibration set from the caller, and `medsamlite bench precision` reports its accuracy change.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..extras import require
 
 
 def calibration_batches(calibration: Sequence[np.ndarray], input_size: int) -> list[np.ndarray]:
@@ -41,10 +43,9 @@ def calibration_digest(calibration: Sequence[np.ndarray] | None) -> str | None:
 
 def quantize_encoder(model: Any, batches: list[np.ndarray], input_name: str) -> Any:
     """NNCF int8 quantisation of an `openvino.Model` or `onnx.ModelProto` encoder."""
-    try:
-        import nncf
-    except ImportError as error:
-        raise ImportError("precision='int8' needs NNCF: `pip install nncf`") from error
+    require("int8", "precision='int8'")
+    import nncf
+
 
     dataset = nncf.Dataset(batches, lambda x: {input_name: x})
     return nncf.quantize(model, dataset, subset_size=len(batches), model_type=nncf.ModelType.TRANSFORMER)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..constants import CONFIG_FILE, FORMAT_COMPILED
+from ..extras import require
 from .engine import check_embedding, no_boxes
 from .precision import check_precision
 
@@ -109,5 +110,6 @@ def load(path: str | Path, backend: str | None = None, precision: str | None = N
             raise ValueError(f"{path}: exported at precision {meta['precision']!r}; int8 is fixed at export "
                              f"time and cannot be switched to or from at load ({precision!r} requested)")
         meta = {**meta, "precision": precision}
+    require(stored, f"{path} (exported for {stored})")
     runtime = importlib.import_module(RUNTIMES[stored])
     return runtime.open_compiled(path, meta, threads)

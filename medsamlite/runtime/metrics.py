@@ -3,9 +3,9 @@
 NSD is DeepMind's surface Dice (`surface-distance`: `compute_surface_distances` +
 `compute_surface_dice_at_tolerance`): boundary elements of each mask are weighted by their length (2D) or
 area (3D), read from a 2x2(x2) neighbour-code table, and counted as overlapping when the closest point on
-the other boundary lies within `tolerance` mm. The neighbour-code tables are MONAI's copy of DeepMind's
-(imported lazily, so importing this module stays numpy-only); the distances are scipy's exact Euclidean
-distance transform (also lazy). Everything is float64.
+the other boundary lies within `tolerance` mm. The boundary normals per neighbour code are DeepMind's table
+(`surface_normals.npy`, in eighths of a voxel face); the distances are exact Euclidean distances up to the
+tolerance, computed here in numpy so that scoring needs neither scipy nor torch. Everything is float64.
 
 Conventions (docs/metrics.md): both masks empty -> 1, exactly one empty -> 0, for DSC and NSD alike (the
 reference returns NaN for both-empty); 2D cases are scored as (H, W, 1) volumes with spacing (1, 1, 1);
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -44,13 +45,24 @@ def dsc(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(pred & gt)) / total
 
 
+_KERNELS = {2: np.array([[8, 4], [2, 1]]), 3: np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]])}
+
+
 @lru_cache(maxsize=32)
 def _measure_table(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(code -> boundary length/area table, 2x2(x2) encoding kernel) for a spacing: DeepMind's tables via MONAI."""
-    from monai.metrics.utils import get_code_to_measure_table
-
-    table, kernel = get_code_to_measure_table(spacing)
-    return np.asarray(table, dtype=np.float64), np.asarray(kernel, dtype=np.int64)[0, 0]
+    """(code -> boundary length/area table, 2x2(x2) encoding kernel) for a spacing: DeepMind's tables."""
+    if len(spacing) == 2:
+        first, second = spacing
+        diag = 0.5 * float(np.hypot(first, second))
+        table = np.full(16, diag)  # a corner cut: half the pixel's diagonal
+        table[[0, 15]] = 0.0
+        table[[0b0011, 0b1100]] = second
+        table[[0b0101, 0b1010]] = first
+        table[[0b0110, 0b1001]] = 2 * diag  # two opposite corners
+        return table, _KERNELS[2]
+    normals = np.load(Path(__file__).with_name("surface_normals.npy")).astype(np.float64) / 8  # (256, 4, 3)
+    faces = np.array([spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]])
+    return np.linalg.norm(normals * faces, axis=-1).sum(-1), _KERNELS[3]
 
 
 def _neighbour_codes(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -62,11 +74,12 @@ def _neighbour_codes(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return codes
 
 
-def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
+def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], limit: float = np.inf
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """DeepMind's boundary elements: (distances gt->pred, distances pred->gt, areas of gt's, areas of pred's).
 
-    A mask with no boundary gives empty arrays; distances to a missing boundary are inf.
+    Distances are exact up to `limit` mm and inf beyond (NSD needs them only up to its tolerance); a mask
+    with no boundary gives empty arrays; distances to a missing boundary are inf.
     """
     pred, gt = _pair(pred, gt)
     spacing = tuple(float(s) for s in spacing)
@@ -84,25 +97,40 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     full = len(table) - 1
     codes = [_neighbour_codes(m[box], kernel) for m in (gt, pred)]
     borders = [(c != 0) & (c != full) for c in codes]
-    distances = [_distance_to(b, spacing) for b in borders]
+    distances = [_distance_to(b, spacing, limit) for b in borders]
     return (distances[1][borders[0]], distances[0][borders[1]],
             table[codes[0][borders[0]]], table[codes[1][borders[1]]])
 
 
-def _distance_to(border: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Distance in mm of every grid point to the nearest border point (inf everywhere without one)."""
-    if not border.any():
-        return np.full(border.shape, np.inf)
-    from scipy.ndimage import distance_transform_edt
+def _distance_to(border: np.ndarray, spacing: tuple[float, ...], limit: float = np.inf) -> np.ndarray:
+    """Distance in mm of every grid point to the nearest border point: exact up to `limit`, inf beyond.
 
-    return distance_transform_edt(~border, sampling=spacing)
+    Separable squared distances (one minimum over shifts per axis, summed in axis order as scipy's
+    `distance_transform_edt` does); a point within `limit` has its nearest border point within
+    `limit / spacing` steps along each axis, so only those shifts are needed.
+    """
+    squared = np.where(border, 0.0, np.inf)
+    if not border.any():
+        return squared
+    for axis, step in enumerate(spacing):
+        reach = min(border.shape[axis] - 1, int(np.ceil(limit / step)) if np.isfinite(limit) else border.shape[axis])
+        moved = np.moveaxis(squared, axis, 0)
+        best = moved.copy()
+        for k in range(1, reach + 1):
+            cost = (k * step) ** 2
+            np.minimum(best[k:], moved[:-k] + cost, out=best[k:])
+            np.minimum(best[:-k], moved[k:] + cost, out=best[:-k])
+        squared = np.moveaxis(best, 0, axis)
+    distances = np.sqrt(squared)
+    distances[distances > limit] = np.inf
+    return distances
 
 
 def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance: float = TOLERANCE) -> float:
     """Normalised surface Dice at `tolerance` mm (DeepMind's definition); 1 when both masks are empty."""
     if not tolerance >= 0:
         raise ValueError(f"tolerance {tolerance}; expected a value >= 0 (mm)")
-    gt_to_pred, pred_to_gt, gt_areas, pred_areas = surface_distances(pred, gt, spacing)
+    gt_to_pred, pred_to_gt, gt_areas, pred_areas = surface_distances(pred, gt, spacing, tolerance)
     total = gt_areas.sum() + pred_areas.sum()
     if total == 0:
         return 1.0

@@ -6,6 +6,10 @@ are `from medsamlite.training.distill import distill` and `from medsamlite.train
 """
 from __future__ import annotations
 
+from ..extras import require
+
+require("train", "medsamlite.training")
+
 from .._lazy import lazy_exports
 
 _LAZY = {

@@ -89,14 +89,27 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "MODEL=PATH" in capsys.readouterr().err
     assert cli.run(parse(["--out", str(tmp_path), "--models", "no_such_model"])) == 1
     assert "unknown model" in capsys.readouterr().err
-    (tmp_path / "data" / "imgs").mkdir(parents=True)
     out = ["--out", str(tmp_path / "o"), "--models", "litemedsam"]
     assert cli.run(parse([*out, "--data", str(tmp_path / "data")])) == 1
-    assert "gts" in capsys.readouterr().err
-    write_dataset(tmp_path / "data2", modalities=("US",), size=0.1)
-    (tmp_path / "data2" / "gts" / "2DBox_US_0000.npz").unlink()
-    assert cli.run(parse([*out, "--data", str(tmp_path / "data2")])) == 1
-    assert "no ground truth for 2DBox_US_0000.npz" in capsys.readouterr().err
+    assert "no 'imgs/' folder" in capsys.readouterr().err
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    assert cli.run(parse([*out, "--data", str(tmp_path / "data")])) == 1
+    assert "no .npz cases" in capsys.readouterr().err
+
+
+def test_partial_ground_truth_is_timed_not_scored(tmp_path):
+    from medsamlite.benchmark.compare import BenchConfig, prepare_data, score_case
+
+    write_dataset(tmp_path / "data", modalities=("US", "Endoscopy"), size=0.1)
+    (tmp_path / "data" / "gts" / "2DBox_US_0000.npz").unlink()
+    root, cases = prepare_data(BenchConfig(data=tmp_path / "data", out=tmp_path / "o"))
+    assert [c.name for c in cases] == ["2DBox_Endoscopy_0000.npz", "2DBox_US_0000.npz"]
+    segs = tmp_path / "segs.npz"
+    for case in cases:
+        with np.load(root / "gts" / cases[0].name) as g:
+            np.savez(segs, segs=g["gts"])
+        row = score_case({"case": case.name, "segs": str(segs)}, root / "gts")
+        assert (row["dsc"] == 1.0) if case == cases[0] else (row["note"] == "no ground truth" and "dsc" not in row)
 
 
 def test_small_setting_from_environment(monkeypatch):

@@ -1,8 +1,8 @@
 """Image-encoder latency per model on torch eager, OpenVINO (f32, bf16 where the CPU has it) and ONNX Runtime,
 plus whole-process cold start (first mask of one 2D case) of `medsamlite predict` on torch vs OpenVINO.
 
-    python benchmarks/encoder_latency.py                        # every registered model
-    python benchmarks/encoder_latency.py --models litemedsam --repeats 7 --out benchmarks/results/encoder_latency
+    medsamlite bench latency                                   # every registered model
+    medsamlite bench latency --models litemedsam --repeats 7 --out latency-results
 
 Engines are timed round-robin (one call of each per round) so that load from other processes hits them
 alike; the ratios are the result, the absolute times belong to the CPU in the header. Models use their
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from _report import REPO, machine_header, markdown_table, write_csv, write_markdown
-from medsamlite.benchmark.precision import bench_model
+from .precision import bench_model
+from .report import machine_header, markdown_table, write_csv, write_markdown
 
 
 def engines(model, cache_dir: Path, bf16: bool) -> dict[str, object]:
     """Every engine measured for one model, by column name."""
-    from medsamlite.export import compile
-    from medsamlite.torch_engine import TorchEngine
+    from ..export import compile
+    from ..torch_engine import TorchEngine
 
     out = {"torch": TorchEngine(model), "openvino_f32": compile(model, "openvino", cache_dir, "f32")}
     if bf16:
@@ -55,15 +55,15 @@ def cold_start(model_dir: Path, backend: str, case_dir: Path, out_dir: Path) -> 
     command = [sys.executable, "-m", "medsamlite", "predict", "-i", str(case_dir), "-o", str(out_dir),
                "--model", str(model_dir), "--backend", backend]
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, capture_output=True)
+    subprocess.run(command, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
 def cold_starts(model, work: Path, cache_dir: Path) -> dict[str, float]:
     """Cold start of torch (a saved model folder) and OpenVINO (an exported folder, its model cache warm)."""
-    from medsamlite.checkpoints import save_model
-    from medsamlite.data.synthetic import make_case
-    from medsamlite.export import export
+    from ..checkpoints import save_model
+    from ..data.synthetic import make_case
+    from ..export import export
 
     name = model.config.name
     case = make_case("Endoscopy", 0, size=1.0)
@@ -98,21 +98,22 @@ def bar_chart(rows: list[dict], columns: list[str], path: Path, title: str) -> N
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="*", help="registered model names (default: all)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cold-start", nargs="*", default=None,
                         help="models whose cold start is measured (default: all measured models; none: empty)")
     parser.add_argument("--cache-dir", type=Path, help="compile cache (default: the per-user cache)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "encoder_latency")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=Path("latency-results"))
 
+
+def run(args: argparse.Namespace) -> int:
+    """The latency table of `args` (see `add_arguments`); writes the reports and prints the table."""
     import torch
 
-    from medsamlite import list_models
-    from medsamlite.export import default_cache_dir
-    from medsamlite.runtime.precision import cpu_summary, cpu_supports_bf16
+    from ..export import default_cache_dir
+    from ..registry import list_models
+    from ..runtime.precision import cpu_summary, cpu_supports_bf16
 
     cache_dir = args.cache_dir or default_cache_dir()
     header = machine_header() + [f"torch threads {torch.get_num_threads()}; median of {args.repeats} "
@@ -140,6 +141,3 @@ def main(argv: list[str] | None = None) -> int:
     print((args.out / "encoder_latency.md").read_text())
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
