@@ -31,7 +31,7 @@ MODALITIES = MODALITIES_3D + MODALITIES_2D
 
 @dataclass
 class SyntheticCase:
-    """One case: `imgs` uint8 ((D, H, W) or (H, W, 3)), `boxes` int64, `gts` labels 1..N, `spacing` (z, y, x) mm."""
+    """One case: `imgs` uint8 ((D, H, W) or (H, W, 3)), `boxes` int64, `gts` labels 1..N, `spacing` (z, y, x) mm, the arrays' axis order."""
 
     name: str
     imgs: np.ndarray
@@ -382,13 +382,18 @@ def make_case(modality: str, index: int = 0, seed: int = 0, size: float = 1.0,
 
 
 def write_case(case: SyntheticCase, root: str | Path) -> tuple[Path, Path]:
-    """Write `imgs/<name>.npz` (imgs, boxes, spacing) and `gts/<name>.npz` (gts, spacing) under `root`."""
+    """Write `imgs/<name>.npz` (imgs, boxes, spacing) and `gts/<name>.npz` (gts, spacing) under `root`.
+
+    The files store spacing as the task's do, (x, y, z) as SimpleITK's `GetSpacing()` gives it: the reverse
+    of the arrays' (z, y, x) axis order that `case.spacing` holds.
+    """
     root = Path(root)
     paths = root / "imgs" / f"{case.name}.npz", root / "gts" / f"{case.name}.npz"
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(paths[0], imgs=case.imgs, boxes=case.boxes, spacing=case.spacing)
-    np.savez_compressed(paths[1], gts=case.gts, spacing=case.spacing)
+    stored = case.spacing[::-1]
+    np.savez_compressed(paths[0], imgs=case.imgs, boxes=case.boxes, spacing=stored)
+    np.savez_compressed(paths[1], gts=case.gts, spacing=stored)
     return paths
 
 

@@ -160,7 +160,7 @@ def as_volume(segs: np.ndarray, gts: np.ndarray, spacing: Sequence[float] | None
     if gts.ndim != 3:
         raise ValueError(f"gts has shape {gts.shape}; expected (H, W) or (D, H, W)")
     if spacing is None or len(spacing) != 3:
-        raise ValueError(f"spacing {spacing}; expected 3 values (z, y, x) for a 3D case")
+        raise ValueError(f"spacing {spacing}; expected 3 values for a 3D case (as the task stores it, passed unchanged)")
     return segs, gts, tuple(float(s) for s in spacing)
 
 

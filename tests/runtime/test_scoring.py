@@ -57,3 +57,28 @@ def test_evaluate_names_a_bad_file_and_goes_on(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and files[1].name in errors[0] and "key 'segs' has shape (3, 3)" in errors[0]
     assert "| all | 1 |" in (segs_dir / "summary.md").read_text()
+
+
+def test_anisotropic_3d_nsd_is_the_tasks(tmp_path):
+    """The task's evaluation passes the stored (x, y, z) spacing unchanged to DeepMind's surface distances of the
+    (z, y, x) arrays; `evaluate` gives exactly that, and the synthetic writer stores (x, y, z)."""
+    import warnings
+
+    np.Inf, np.NaN = np.inf, np.nan  # surface-distance predates NumPy 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import surface_distance as sd
+    from medsamlite.data.synthetic import make_case, write_case
+    from medsamlite.runtime.scoring import score_file
+
+    case = make_case("CT", 0, size=0.1, depth=0.3)
+    image, gt_path = write_case(case, tmp_path)
+    stored = np.load(gt_path)["spacing"]
+    assert np.array_equal(stored, case.spacing[::-1]) and stored[0] != stored[2]
+    segs = np.roll(case.gts, 1, axis=0)
+    np.savez(tmp_path / "segs.npz", segs=segs)
+    label = int(case.gts.max())
+    distances = sd.compute_surface_distances(case.gts == label, segs == label, tuple(stored))
+    expected = sd.compute_surface_dice_at_tolerance(distances, 2.0)
+    score = score_file(tmp_path / "segs.npz", gt_path)
+    assert abs(score.nsd[-1] - expected) < 1e-6
