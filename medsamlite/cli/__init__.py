@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         prepare = getattr(importlib.import_module(_module(only)), "prepare_argv", None)
         argv = [only, *prepare(argv[1:])] if prepare else argv
     args = build_parser(only).parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:  # SIGINT outside a command's own handling (loading a model, compiling)
+        print(f"interrupted: medsamlite {args.command} stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

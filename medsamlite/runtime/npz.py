@@ -5,14 +5,14 @@ The choices for doubtful input are documented in docs/inference.md ("Bad input")
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_file
 
 MAX_BOXES = 65535  # labels must fit in uint16
 PREFIXES = {"2DBox_": "2D", "3DBox_": "3D"}
@@ -200,17 +200,6 @@ def read_case(path: str | Path) -> Case:
 
 def write_segs(path: str | Path, segs: np.ndarray) -> Path:
     """Write `segs` with `np.savez_compressed` to a temporary file beside `path`, then rename (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, segs=segs)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the output the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as f:
+        np.savez_compressed(f, segs=segs)
+    return Path(path)
