@@ -4,12 +4,28 @@ Every test here failed on the code the issue was filed against.
 """
 from __future__ import annotations
 
+import gc
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from conftest import REPO, cache_dir, torch_model  # noqa: F401
 from fakes import BoxEngine
+from medsamlite.export import compile, export
+from medsamlite.export.compile import ONNX_STAGE, onnx_key
 from medsamlite.runtime import Predictor
+from medsamlite.runtime.compiled import load, read_meta
+from medsamlite.runtime.files import IntegrityError, check_recorded
 from medsamlite.runtime.npz import CaseError
 from medsamlite.runtime.preprocess import preprocess_image
 
@@ -18,6 +34,26 @@ def one_line(error: pytest.ExceptionInfo) -> str:
     text = str(error.value)
     assert "\n" not in text.strip(), text
     return text
+
+
+def cli(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m medsamlite ARGS` in a fresh process (this worktree's package)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "medsamlite", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300, **kwargs)
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def _case(folder: Path, name: str = "2DBox_a.npz", size: int = 48) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    with open(folder / name, "wb") as f:  # a file object: np.savez would append .npz to "x.NPZ"
+        np.savez(f, imgs=image, boxes=np.array([[4, 4, size - 8, size - 8]]))
+    return folder / name
 
 
 # no silent NaN ------------------------------------------------------------------------------------
@@ -87,3 +123,193 @@ def test_predict_file_to_a_folder_is_a_one_line_error(tmp_path) -> None:
         Predictor(BoxEngine()).predict_file(tmp_path / "2DBox_x.npz", tmp_path / "out")
     one_line(error)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# integrity of compiled folders and cache entries ------------------------------------------------------
+
+CHEAP = "repvit_m0_6_medsam"
+
+
+def _overwrite_middle(path: Path) -> None:
+    """1 MiB (at most half the file) overwritten in the middle, the size unchanged."""
+    size = path.stat().st_size
+    n = min(1 << 20, size // 2)
+    with open(path, "r+b") as f:
+        f.seek((size - n) // 2)
+        f.write(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes())
+
+
+DAMAGE = {"overwritten": _overwrite_middle, "truncated": lambda p: os.truncate(p, p.stat().st_size // 2),
+          "deleted": lambda p: p.unlink()}
+
+
+def _images(size: int) -> np.ndarray:
+    return np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+
+
+@pytest.mark.parametrize("file, damage", [("encoder.onnx", "overwritten"), ("encoder.onnx", "truncated"),
+                                          ("decoder.onnx", "deleted"), ("config.json", "deleted")])
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(file: str, damage: str, cache_dir: Path) -> None:
+    model = torch_model(CHEAP)
+    first = compile(model, "onnxruntime", cache_dir=cache_dir)
+    path, want = first.path, first.encode(_images(model.config.input_size))
+    del first
+    gc.collect()
+    DAMAGE[damage](path / file)
+    with pytest.warns(RuntimeWarning, match=f"{file}.*rebuilding this cache entry"):
+        again = compile(model, "onnxruntime", cache_dir=cache_dir)
+    assert again.path == path and not list(path.parent.glob(".*.tmp"))
+    check_recorded(path, read_meta(path))
+    np.testing.assert_array_equal(again.encode(_images(model.config.input_size)), want)
+
+
+def test_a_damaged_onnx_stage_is_traced_again_with_a_warning(cache_dir: Path, tmp_path: Path) -> None:
+    model = torch_model(CHEAP)
+    compile(model, "onnxruntime", cache_dir=cache_dir)
+    stage = tmp_path / "cache" / ONNX_STAGE
+    shutil.copytree(cache_dir / ONNX_STAGE, stage)
+    key = onnx_key(model)
+    (stage / key / "decoder.onnx").unlink()  # half-deleted: the issue's 14-frame traceback
+    with pytest.warns(RuntimeWarning, match="decoder.onnx.*rebuilding"):
+        compiled = compile(model, "onnxruntime", cache_dir=tmp_path / "cache")
+    check_recorded(stage / key, read_meta(stage / key))
+    assert np.isfinite(compiled.encode(_images(model.config.input_size))).all()
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_exported_folder_is_a_one_line_error_naming_the_file(damage: str, cache_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    folder = export(torch_model(CHEAP), tmp_path / "exported", backend="onnxruntime", cache_dir=cache_dir)
+    DAMAGE[damage](folder / "encoder.onnx")
+    with pytest.raises(IntegrityError, match="encoder.onnx") as error:
+        load(folder)
+    one_line(error)
+
+
+def test_exported_folders_and_cache_entries_follow_the_umask(cache_dir: Path, tmp_path: Path) -> None:
+    model = torch_model(CHEAP)
+    compile(model, "onnxruntime", cache_dir=cache_dir)
+    shutil.copytree(cache_dir / ONNX_STAGE, tmp_path / "cache" / ONNX_STAGE)  # a fresh entry, not a fresh trace
+    previous = os.umask(0o027)
+    try:
+        entry = compile(model, "onnxruntime", cache_dir=tmp_path / "cache").path
+        folder = export(model, tmp_path / "exported", backend="onnxruntime", cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(previous)
+    for root in (entry, folder):
+        assert stat.S_IMODE(root.stat().st_mode) == 0o750, root
+        for file in root.iterdir():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o640, file
+
+
+# the command line ---------------------------------------------------------------------------------
+
+@pytest.fixture()
+def exported(cache_dir: Path, tmp_path: Path) -> Path:
+    """The cheap model as an ONNX Runtime folder: a predict process that starts fast and never imports torch."""
+    return export(torch_model(CHEAP), tmp_path / "exported", backend="onnxruntime", cache_dir=cache_dir)
+
+
+def test_predict_on_a_corrupted_export_exits_1_with_one_line(exported: Path, tmp_path: Path) -> None:
+    _overwrite_middle(exported / "encoder.onnx")  # the issue's case: predict exited 0 with an empty mask
+    case = _case(tmp_path / "in", "2DBox_a.npz")
+    result = cli("predict", "-i", case, "-o", tmp_path / "out", "--model", exported)
+    assert result.returncode == 1
+    assert _error_lines(result) == [result.stderr.strip()] and "encoder.onnx" in result.stderr
+    assert not (tmp_path / "out" / "2DBox_a.npz").exists()
+
+
+@pytest.mark.parametrize("problem", ["a file", "under a file", "not creatable"])
+def test_predict_output_path_problems_are_one_line_before_the_model_loads(problem: str, tmp_path: Path) -> None:
+    case = _case(tmp_path / "in")
+    (tmp_path / "file").write_text("x")
+    output = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "out",
+              "not creatable": Path("/proc/medsamlite-redteam/out")}[problem]
+    result = cli("predict", "-i", case, "-o", output, "--model", "no-such-model")  # loading would fail too
+    assert result.returncode == 1
+    assert _error_lines(result) == [result.stderr.strip()] and str(output) in result.stderr
+    assert "no-such-model" not in result.stderr
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("problem", ["non-empty folder", "a file"])
+def test_export_output_problems_are_one_line_before_the_model_loads(problem: str, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    if problem == "a file":
+        output.write_text("x")
+    else:
+        output.mkdir()
+        (output / "keep.txt").write_text("x")
+    result = cli("export", "--model", "no-such-model", "--backend", "onnxruntime", "-o", output)
+    assert result.returncode == 1
+    assert _error_lines(result) == [result.stderr.strip()] and str(output) in result.stderr
+    assert "no-such-model" not in result.stderr
+
+
+def test_orphaned_temp_files_of_a_killed_run_are_removed(exported: Path, tmp_path: Path) -> None:
+    case = _case(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    orphan = out / ".2DBox_a.npz.k3j2h1.tmp"  # what write_segs leaves when SIGKILL hits it
+    orphan.write_bytes(b"partial")
+    (out / "notes.txt").write_text("kept")
+    result = cli("predict", "-i", case, "-o", out, "--model", exported)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not orphan.exists() and (out / "notes.txt").read_text() == "kept"
+    assert not list(out.glob(".*"))
+    with np.load(out / "2DBox_a.npz") as z:
+        assert z["segs"].shape == (48, 48)
+    for file in out.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~_umask(), file
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_sigint_stops_after_the_current_case_and_marks_run_json(exported: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    cases = tmp_path / "in"
+    cases.mkdir()
+    n = 16
+    for i in range(n):  # each case runs the encoder once: the rest of the run outlasts the signal's delivery
+        np.savez(cases / f"2DBox_{i:02d}.npz", imgs=rng.integers(0, 255, (40, 40, 3), dtype=np.uint8),
+                 boxes=np.array([[4, 4, 30, 30]]))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "medsamlite", "predict", "-i", str(cases), "-o", str(out),
+                             "--model", str(exported)], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        timings = out / "timings.csv"
+        if timings.exists() and len(timings.read_text().splitlines()) >= 2:  # one case done
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr[-3000:]
+    summary = json.loads((out / "run.json").read_text())
+    assert proc.returncode == 130 and summary["interrupted"] is True, stderr
+    assert 1 <= summary["done"] < n
+    assert len(list(out.glob("2DBox_*.npz"))) == summary["done"] and not list(out.glob(".*"))
+    assert len([line for line in stderr.splitlines() if "interrupted" in line]) == 1
+
+
+def test_skipped_input_entries_are_listed(exported: Path, tmp_path: Path) -> None:
+    from medsamlite.constants import find_cases
+
+    folder = tmp_path / "in"
+    _case(folder, "2DBox_a.npz")
+    _case(folder, "2DBox_UPPER.NPZ")
+    (folder / "2DBox_dangling.npz").symlink_to(tmp_path / "gone.npz")
+    (folder / "2DBox_folder.npz").mkdir()
+    found = find_cases(folder)
+    assert [p.name for p in found.files] == ["2DBox_UPPER.NPZ", "2DBox_a.npz"]
+    assert sorted(Path(s.split(":")[0]).name for s in found.skipped) == ["2DBox_dangling.npz", "2DBox_folder.npz"]
+    result = cli("predict", "-i", folder, "-o", tmp_path / "out", "--model", exported)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
+    assert len(warned) == 2 and "dangling symlink" in result.stderr and "2DBox_folder.npz" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("2DBox_*")) == ["2DBox_UPPER.NPZ", "2DBox_a.npz"]
