@@ -313,3 +313,69 @@ def test_skipped_input_entries_are_listed(exported: Path, tmp_path: Path) -> Non
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
     assert len(warned) == 2 and "dangling symlink" in result.stderr and "2DBox_folder.npz" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").glob("2DBox_*")) == ["2DBox_UPPER.NPZ", "2DBox_a.npz"]
+
+
+# checkpoints never run code ---------------------------------------------------------------------
+
+class Payload:
+    """Unpickling this runs `exec`, which writes the marker file: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",)
+
+
+def _malicious(tmp_path: Path, kind: str) -> tuple[Path, Path]:
+    import pickle
+
+    marker, path = tmp_path / "marker", tmp_path / f"evil-{kind}.pth"
+    if kind == "in a state_dict":  # a working checkpoint with one poisoned entry
+        torch.save({"model": torch_model(CHEAP).state_dict(), "extra": Payload(marker)}, path)
+    else:  # a bare pickle, not a torch zip: the legacy loader
+        path.write_bytes(pickle.dumps(Payload(marker)))
+    return path, marker
+
+
+@pytest.mark.parametrize("kind", ["in a state_dict", "bare pickle"])
+def test_a_malicious_checkpoint_runs_no_code_and_is_refused_in_one_line(kind: str, tmp_path: Path) -> None:
+    import medsamlite
+    from medsamlite.checkpoints import CheckpointError, load_checkpoint
+
+    path, marker = _malicious(tmp_path, kind)
+    for load_it in (lambda: load_checkpoint(medsamlite.create_model(CHEAP), path),
+                    lambda: medsamlite.create_model(CHEAP, checkpoint=path)):
+        with pytest.raises(CheckpointError, match="trust") as error:
+            load_it()
+        assert "weights_only=False" not in one_line(error) and len(str(error.value)) < 400
+        assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_the_cli_refuses_a_malicious_checkpoint_in_one_line(command: str, tmp_path: Path, capsys) -> None:
+    from medsamlite.cli import main
+
+    path, marker = _malicious(tmp_path, "in a state_dict")
+    args = (["predict", "-i", _case(tmp_path / "in"), "-o", tmp_path / "out"] if command == "predict" else
+            ["export", "--backend", "onnxruntime", "-o", tmp_path / "out"])
+    assert main([*map(str, args), "--model", CHEAP, "--checkpoint", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists()
+    assert err.startswith("error:") and "\n" not in err and "--trust-checkpoint" in err
+
+
+def test_checkpoint_errors_are_short_and_name_keys_as_the_file_does(tmp_path: Path) -> None:
+    import medsamlite
+    from medsamlite.checkpoints import CheckpointError, load_checkpoint
+
+    model = medsamlite.create_model(CHEAP)
+    sd = {"module." + k: v for k, v in model.state_dict().items() if "mask_decoder" not in k}
+    sd.update({f"module.image_encoder.extra.{i}.weight": torch.zeros(1) for i in range(40)})
+    sd["module.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.zeros(3, 3)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(model, tmp_path / "bad.pth")
+    text = str(error.value)
+    assert len(text.splitlines()) <= 5 and len(text) < 1200, text
+    assert "module.image_encoder.extra.0.weight" in text and "module.prompt_encoder.pe_layer" in text
