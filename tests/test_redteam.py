@@ -4,6 +4,7 @@ Every test here failed on the code the issue was filed against.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, cache_dir, torch_model  # noqa: F401
+from conftest import REPO, cache_dir, golden_case_for, golden_state_dict, torch_model  # noqa: F401
 from fakes import BoxEngine
 from medsamlite.export import compile, export
 from medsamlite.export.compile import ONNX_STAGE, onnx_key
@@ -379,3 +380,90 @@ def test_checkpoint_errors_are_short_and_name_keys_as_the_file_does(tmp_path: Pa
     text = str(error.value)
     assert len(text.splitlines()) <= 5 and len(text) < 1200, text
     assert "module.image_encoder.extra.0.weight" in text and "module.prompt_encoder.pe_layer" in text
+
+
+# frozen stays frozen ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_cases(tmp_path_factory) -> list[Path]:
+    from medsamlite.data.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("cases"), modalities=("CT", "US"), per_modality=2, size=0.12,
+                         depth=0.02)
+
+
+def _small_model() -> torch.nn.Module:
+    """EfficientViT-L0 at 64 px: an encoder full of BatchNorm, trained in a second."""
+    import medsamlite
+
+    torch.manual_seed(0)
+    return medsamlite.create_model("efficientvit_sam_l0", input_size=64)
+
+
+def _tiny_config(out: Path, **changes):
+    from medsamlite.training.finetune import FinetuneConfig
+
+    return FinetuneConfig(output_dir=str(out), epochs=1, max_steps=2, batch_size=1, lr=1e-2, device="cpu",
+                          progress=False, **changes)
+
+
+def _buffers(module: torch.nn.Module, prefix: str = "image_encoder.") -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()
+            if k.startswith(prefix) and ("running_" in k or "num_batches_tracked" in k)}
+
+
+@pytest.mark.parametrize("method", ["lora", "arena", "bitfit", "norm", "full"])
+def test_no_buffer_of_a_frozen_module_changes_in_training(method: str, tiny_cases, tmp_path: Path) -> None:
+    from medsamlite import adapters
+    from medsamlite.data.datasets import NpzSliceDataset
+    from medsamlite.training.finetune import finetune
+
+    model = _small_model()
+    before, weights = _buffers(model), {k: v.clone() for k, v in model.state_dict().items()}
+    assert before and any("num_batches_tracked" in k for k in before)
+    freeze = ("prompt_encoder",)
+    if method == "full":
+        freeze = ("prompt_encoder", "image_encoder")  # full fine-tuning of the decoder, encoder frozen
+    else:
+        adapters.apply(model, method, **({"r": 2} if method in ("lora", "arena") else {}))
+    data = NpzSliceDataset(tiny_cases, model.config, augment=False)
+    finetune(model, data, None, _tiny_config(tmp_path, freeze=freeze), save=lambda net, d: None)
+    after = _buffers(model if method == "full" else adapters.unload(model))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == [], f"{method}: {len(changed)} frozen buffers changed, e.g. {changed[:3]}"
+    trained = adapters.unload(model) if method in ("lora", "arena") else model
+    if method in ("lora", "arena"):
+        assert any(".lora_B." in k and v.abs().sum() > 0 for k, v in model.state_dict().items())
+    else:
+        assert any(not torch.equal(v, weights[k]) for k, v in trained.state_dict().items()
+                   if k in weights and v.is_floating_point()), "nothing trained"
+
+
+def test_daft_keeps_the_base_pristine_and_the_fallback_reproduces_the_pretrained_model(tiny_cases,
+                                                                                       tmp_path: Path) -> None:
+    from medsamlite import adapters
+    from medsamlite.runtime.npz import read_case
+    from medsamlite.runtime.router import Router, parse_groups
+    from medsamlite.training.daft import DaftSettings, train_daft
+
+    import medsamlite
+
+    # the golden fixture's weights: at 64 px they segment the synthetic cases (a fresh init gives empty maps)
+    pretrained = medsamlite.create_model("efficientvit_sam_l0", input_size=64,
+                                         checkpoint=golden_state_dict(golden_case_for("efficientvit_sam_l0")))
+    pristine = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    model, results = train_daft(copy.deepcopy(pretrained), tiny_cases, Router(parse_groups("3D=CT,MR,PET;US")),
+                                DaftSettings("lora", {"r": 2}), _tiny_config(tmp_path))
+    assert results["3D"]["steps"] >= 1 and results["US"]["steps"] >= 1
+    base = adapters.unload(model.base).state_dict()
+    assert base.keys() == pristine.keys()
+    changed = [k for k in pristine if not torch.equal(base[k], pristine[k])]
+    assert changed == [], f"{len(changed)} base tensors changed, e.g. {changed[:3]}"
+    fallback = Predictor(model.plain("general"))
+    reference = Predictor(pretrained)
+    for path in tiny_cases:
+        case = read_case(path)
+        predict = "predict_2d" if case.kind == "2D" else "predict_3d"
+        want = getattr(reference, predict)(case.imgs, case.boxes)
+        assert want.any(), path.name
+        np.testing.assert_array_equal(getattr(fallback, predict)(case.imgs, case.boxes), want, err_msg=path.name)
