@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingExtra as error:  # a part whose extra is not installed: one line, no traceback
         print(f"medsamlite {only or ''}: {error}".replace("  ", " "), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # SIGINT outside a command's own handling (loading a model, compiling)
+        print(f"interrupted: medsamlite {only or ''} stopped".replace("  ", " "), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

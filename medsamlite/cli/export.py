@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..constants import PRECISIONS, RUNTIME_BACKENDS
+from .errors import one_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +63,23 @@ def build_model(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export
+    from ..export.compile import check_export_directory
 
     if (args.precision == "int8") != (args.calibration is not None):
         raise SystemExit("--precision int8 and --calibration go together")
+    try:
+        check_export_directory(args.output)  # before the model loads and compiles
+        directory, name = _export(args)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:  # CheckpointError, IntegrityError included
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    print(f"exported {name} ({args.backend}, {args.precision}) to {directory}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> tuple[Path, str]:
+    from ..export import export
+
     model = build_model(args)
     calibration = None
     if args.calibration is not None:
@@ -73,5 +88,4 @@ def run(args: argparse.Namespace) -> int:
                                          args.calibration_size)
     directory = export(model, args.output, backend=args.backend, precision=args.precision,
                        cache_dir=args.cache_dir, calibration=calibration)
-    print(f"exported {model.config.name} ({args.backend}, {args.precision}) to {directory}")
-    return 0
+    return directory, model.config.name

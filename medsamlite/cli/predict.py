@@ -7,19 +7,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..constants import BACKENDS, PHASES, find_cases
+from ..runtime.files import atomic_file, remove_orphans
+from .errors import SetupError, one_line, writable_folder
 
 CSV_FIELDS = ("case", "kind", "shape", "boxes", "status", "seconds", *PHASES)
 TIMINGS_FILE, RUN_FILE = "timings.csv", "run.json"
-
-
-class SetupError(RuntimeError):
-    """The run cannot start (model, weights or folders); reported as one line, exit code 1."""
+# exit status of a run stopped by SIGINT (128 + SIGINT, as a shell reports it)
+INTERRUPTED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +64,7 @@ def load_engine(args: argparse.Namespace) -> Any:
                           checkpoint=args.checkpoint, pretrained=True if args.pretrained else None,
                           trust_checkpoint=getattr(args, "trust_checkpoint", False))
     except (OSError, ValueError, KeyError, RuntimeError) as error:  # CheckpointError is a RuntimeError
-        text = " ".join(str(error).strip("'\"").split())
-        raise SetupError(f"cannot load model '{args.model}': {type(error).__name__}: {text}") from None
+        raise SetupError(f"cannot load model '{args.model}': {one_line(error)}") from None
 
 
 def input_cases(path: Path, output: Path) -> list[Path]:
@@ -88,11 +89,43 @@ def _one_line(error: BaseException, path: Path) -> str:
     return text if text.startswith(str(path)) else f"{path}: {type(error).__name__}: {text}"
 
 
+def prepare_output(folder: Path) -> None:
+    """The output folder, writable, without the temporary files of an earlier run that was killed."""
+    writable_folder(folder)
+    removed = remove_orphans(folder, ".*.tmp")
+    if removed:
+        print(f"warning: removed {len(removed)} temporary files of an earlier interrupted run in {folder}",
+              file=sys.stderr)
+
+
+class StopAfterCase:
+    """SIGINT while cases run: the first stops the run after the current case, a second stops it at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("interrupted: stopping after the current case (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def __enter__(self) -> "StopAfterCase":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         cases = input_cases(args.input, args.output)
-        args.output.mkdir(parents=True, exist_ok=True)
+        prepare_output(args.output)
         engine = load_engine(args)
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -109,30 +142,48 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:  # an option out of range, e.g. --encode-batch 0
         print(f"error: {error}", file=sys.stderr)
         return 1
-    failed = 0
-    with open(args.output / TIMINGS_FILE, "w", newline="") as f:
+    failed, done = 0, 0
+    with open(args.output / TIMINGS_FILE, "w", newline="") as f, StopAfterCase() as stop:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        for path in tqdm(cases, desc="predict", unit="case", file=sys.stderr, disable=None):
-            row: dict[str, Any] = {"case": path.name, "status": "ok"}
-            try:
-                result = predictor.predict_file(path, args.output / path.name)
-            except Exception as error:  # one bad case never stops the others
-                failed += 1
-                tqdm.write(f"error: {_one_line(error, path)}", file=sys.stderr)
-                row["status"] = "error"
-            else:
-                for message in result.warnings:
-                    tqdm.write(f"warning: {message}", file=sys.stderr)
-                row.update(kind=result.kind, shape="x".join(map(str, result.shape)), boxes=result.boxes,
-                           seconds=f"{result.seconds:.4f}",
-                           **{p: f"{result.phases.get(p, 0.0):.4f}" for p in PHASES})
-            writer.writerow(row)
-            f.flush()
+        try:
+            for path in tqdm(cases, desc="predict", unit="case", file=sys.stderr, disable=None):
+                if stop.requested:
+                    break
+                row = _predict_case(predictor, path, args.output)
+                failed += row["status"] == "error"
+                done += 1
+                writer.writerow(row)
+                f.flush()
+        except KeyboardInterrupt:  # a second SIGINT: the current case is dropped (its output is never half-written)
+            pass
+    interrupted = stop.requested and done < len(cases)
     summary = {"model": str(args.model), "engine": repr(engine), "precision": getattr(engine, "precision", None),
                "threads": args.threads, "overlap": args.overlap, "load_seconds": round(load_seconds, 4),
-               "run_seconds": round(time.perf_counter() - start, 4), "cases": len(cases), "failed": failed}
-    (args.output / RUN_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+               "run_seconds": round(time.perf_counter() - start, 4), "cases": len(cases), "done": done,
+               "failed": failed, "interrupted": interrupted}
+    with atomic_file(args.output / RUN_FILE) as out:
+        out.write((json.dumps(summary, indent=2) + "\n").encode())
     if failed:
         print(f"error: {failed} of {len(cases)} cases failed", file=sys.stderr)
+    if interrupted:
+        return INTERRUPTED
     return 1 if failed else 0
+
+
+def _predict_case(predictor: Any, path: Path, output: Path) -> dict[str, Any]:
+    """Segment one case into `output`; its timings.csv row. One bad case never stops the others."""
+    from tqdm import tqdm
+
+    row: dict[str, Any] = {"case": path.name, "status": "ok"}
+    try:
+        result = predictor.predict_file(path, output / path.name)
+    except Exception as error:
+        tqdm.write(f"error: {_one_line(error, path)}", file=sys.stderr)
+        row["status"] = "error"
+        return row
+    for message in result.warnings:
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+    row.update(kind=result.kind, shape="x".join(map(str, result.shape)), boxes=result.boxes,
+               seconds=f"{result.seconds:.4f}", **{p: f"{result.phases.get(p, 0.0):.4f}" for p in PHASES})
+    return row

@@ -2,7 +2,9 @@
 
 An entry is a folder `<cache_dir>/<key>/` that appears in one `rename`: it is built under a temporary
 name in the same parent and renamed into place, so a reader never sees a half-written entry and two
-processes compiling the same model leave one complete entry (the loser discards its copy).
+processes compiling the same model leave one complete entry (the loser discards its copy). Its
+`config.json` records a digest of every other file (`runtime.files`); an entry that fails the check
+is moved aside and rebuilt. Entries get the modes the umask gives, not mkdtemp's 0700.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ..constants import CONFIG_FILE
+from ..runtime.files import chmod_per_umask, file_digests
 
 ENV_CACHE = "MEDSAMLITE_CACHE"
 
@@ -53,7 +56,19 @@ def entry_ready(path: Path) -> bool:
 
 
 def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
+    """Write `config.json` with the digest of every other file in `path` (so write it last)."""
+    meta = {**meta, "digests": file_digests(path, skip=(CONFIG_FILE,))}
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def discard(entry: Path) -> None:
+    """Remove a broken entry: renamed aside first, so no reader meets it half-deleted."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+    try:
+        os.rename(entry, aside / entry.name)
+    except FileNotFoundError:  # another process discarded it first
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -64,6 +79,7 @@ def building(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        chmod_per_umask(tmp)
         try:
             os.rename(tmp, final)  # atomic; fails if `final` exists and is not empty
         except OSError:

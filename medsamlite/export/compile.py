@@ -9,6 +9,7 @@ versions, precision, int8 calibration set), so a changed model never meets a sta
 """
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..constants import FORMAT_COMPILED, RUNTIME_BACKENDS, __version__
+from ..constants import CONFIG_FILE, FORMAT_COMPILED, RUNTIME_BACKENDS, __version__
 from ..runtime.compiled import CompiledSam, load, read_meta
+from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
 from . import convert
-from .cache import building, default_cache_dir, digest, entry_ready, state_dict_digest, write_meta
+from .cache import building, default_cache_dir, digest, discard, entry_ready, state_dict_digest, write_meta
 from .quantize import calibration_batches, calibration_digest
 
 if TYPE_CHECKING:
@@ -107,7 +109,7 @@ def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> 
     """The cached ONNX stage of `model`, tracing it only on a miss."""
     key = key or onnx_key(model)
     entry = cache_dir / ONNX_STAGE / key
-    if not entry_ready(entry):
+    if _sound(entry, lambda: check_recorded(entry, read_meta(entry))) is None:
         import torch
 
         with building(entry) as tmp:
@@ -115,6 +117,24 @@ def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> 
             write_meta(tmp, {"format": FORMAT_COMPILED, "stage": ONNX_STAGE, "key": key, "config": model.config.to_dict(),
                              "versions": {"torch": torch.__version__, "medsamlite": __version__}})
     return entry
+
+
+def _sound(entry: Path, open_entry: Callable[[], Any]) -> Any:
+    """`open_entry()` for a complete cache entry whose files pass their check; else None, a broken entry removed.
+
+    A broken entry (a file missing, truncated or changed; its config.json gone) is discarded with a warning
+    so that the caller rebuilds it.
+    """
+    if not entry.exists():
+        return None
+    try:
+        if not entry_ready(entry):
+            raise IntegrityError(f"{entry / CONFIG_FILE}: missing; the cache entry is incomplete")
+        return open_entry() or entry
+    except (IntegrityError, FileNotFoundError) as error:
+        warnings.warn(f"{error}; rebuilding this cache entry", RuntimeWarning, stacklevel=3)
+        discard(entry)
+        return None
 
 
 def build_entry(model: "SamLite", entry: Path, backend: str, precision: str, cache_dir: Path,
@@ -150,20 +170,32 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     traced = onnx_key(model)
     entry = cache_dir / cache_key(model, backend, precision, calibration if precision == "int8" else None, traced)
-    if not entry_ready(entry):
-        if on_compile is not None:
-            on_compile(f"compiling {model.config.name} for {backend} at {precision} (once; cached in {cache_dir})")
-        build_entry(model, entry, backend, precision, cache_dir, calibration, traced)
+    compiled = _sound(entry, lambda: load(entry, precision=precision, threads=threads))
+    if compiled is not None:
+        return compiled
+    if on_compile is not None:
+        on_compile(f"compiling {model.config.name} for {backend} at {precision} (once; cached in {cache_dir})")
+    build_entry(model, entry, backend, precision, cache_dir, calibration, traced)
     return load(entry, precision=precision, threads=threads)
+
+
+def check_export_directory(directory: Path) -> None:
+    """A FileExistsError unless `directory` is new (or an empty folder) and its parent can be written."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory}: exists and is a file; expected a new folder for the export")
+    if directory.is_dir() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory}: exists and is not empty; choose a new folder for the export")
+    parent = next((p for p in directory.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{directory}: cannot be created ({parent} is not a writable folder)")
 
 
 def export(model: "SamLite", directory: str | Path, backend: str = "openvino", precision: str = "f32",
            cache_dir: str | Path | None = None, calibration: Sequence[np.ndarray] | None = None) -> Path:
     """Write a self-describing compiled folder to `directory` (what `predict --model DIR` opens)."""
-    compiled = compile(model, backend, cache_dir, precision, calibration=calibration)
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{directory}: exists and is not empty; choose a new folder for the export")
+    check_export_directory(directory)
+    compiled = compile(model, backend, cache_dir, precision, calibration=calibration)
     with building(directory) as tmp:
         shutil.copytree(compiled.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ov_cache"))
     return directory

@@ -2,7 +2,8 @@
 
 A compiled folder (a cache entry or the output of `medsamlite export`) holds the image encoder and the
 prompt encoder + mask decoder as two graphs plus `config.json`, which says what it is: the
-`ModelConfig`, backend, precision, cache key and the versions that built it.
+`ModelConfig`, backend, precision, cache key, the versions that built it and the digest of every file,
+checked by `load` before a runtime reads them.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..config import ModelConfig
 from ..constants import CONFIG_FILE, FORMAT_COMPILED
 from ..extras import require
 from .engine import check_embedding, no_boxes
+from .files import check_recorded
 from .precision import check_precision
 
 # the runtime module of each backend (imported only when a folder of that backend is opened)
@@ -98,8 +100,9 @@ def load(path: str | Path, backend: str | None = None, precision: str | None = N
     path = Path(path)
     meta = read_meta(path)
     if meta.get("format") != FORMAT_COMPILED:
-        raise ValueError(f"{path / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT_COMPILED!r} "
+        raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT_COMPILED!r} "
                          "(a folder written by `medsamlite export` or `medsamlite.export.compile`)")
+    check_recorded(path, meta)
     stored = meta["backend"]
     if backend is not None and backend != stored:
         raise ValueError(f"{path}: exported for backend {stored!r}, not {backend!r}; export it again with "

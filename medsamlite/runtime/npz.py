@@ -5,14 +5,14 @@ The choices for doubtful input are documented in docs/inference.md ("Bad input")
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_file
 
 MAX_BOXES = 65535  # labels must fit in uint16
 PREFIXES = {"2DBox_": "2D", "3DBox_": "3D"}
@@ -68,9 +68,19 @@ def _infer_kind(imgs: np.ndarray, boxes: np.ndarray, name_kind: str | None, sour
     return "2D" if imgs.ndim == 2 or (imgs.ndim == 3 and imgs.shape[2] in (1, 3)) else "3D"
 
 
+def _as_array(value: object, key: str, source: str) -> np.ndarray:
+    """`value` as a numpy array; one numpy cannot take (a tensor that requires grad, bf16, on a GPU) is a CaseError."""
+    try:
+        return np.asarray(value)
+    except (TypeError, RuntimeError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        raise CaseError(f"{source}: key '{key}' is a {type(value).__name__} that numpy cannot read ({reason}); "
+                        "expected a numpy array (from torch: tensor.detach().float().cpu().numpy())") from None
+
+
 def check_image(imgs: np.ndarray, kind: str, source: str) -> np.ndarray:
     """A real-valued, finite, non-empty (H, W), (H, W, 1|3) image or (D, H, W) volume."""
-    imgs = np.asarray(imgs)
+    imgs = _as_array(imgs, "imgs", source)
     if not _is_real(imgs):
         raise CaseError(f"{source}: key 'imgs' has dtype {imgs.dtype}; expected a real numeric array (uint8 in the task)")
     if kind == "2D" and not (imgs.ndim == 2 or (imgs.ndim == 3 and imgs.shape[2] in (1, 3))):
@@ -93,7 +103,7 @@ def check_boxes(boxes: np.ndarray, spatial_shape: tuple[int, ...], kind: str, so
     Returns float64 boxes and warnings for the clipped ones; a box wholly outside is an error.
     """
     width = BOX_WIDTH[kind]
-    boxes = np.asarray(boxes)
+    boxes = _as_array(boxes, "boxes", source)
     if boxes.size == 0:  # zero boxes may come as (0,) or (0, k)
         boxes = boxes.reshape(0, width)
     if boxes.ndim != 2 or boxes.shape[1] != width:
@@ -190,17 +200,6 @@ def read_case(path: str | Path) -> Case:
 
 def write_segs(path: str | Path, segs: np.ndarray) -> Path:
     """Write `segs` with `np.savez_compressed` to a temporary file beside `path`, then rename (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, segs=segs)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the output the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as f:
+        np.savez_compressed(f, segs=segs)
+    return Path(path)

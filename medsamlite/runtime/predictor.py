@@ -42,6 +42,15 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    """`values`, or a CaseError: a NaN/inf would threshold to an empty mask without a word."""
+    if not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise CaseError(f"the model's {what} has {bad} NaN/inf values of {values.size}; expected finite numbers "
+                        "(a corrupted model file or an input the model cannot handle)")
+    return values
+
+
 class PhaseTimer:
     """Seconds spent per phase since the last `reset`."""
 
@@ -143,6 +152,8 @@ class Predictor:
         in_path, out_path = Path(in_path), Path(out_path)
         if out_path.exists() and in_path.exists() and out_path.samefile(in_path):
             raise CaseError(f"{in_path}: output path is the input file; expected a different output folder")
+        if out_path.is_dir():
+            raise CaseError(f"{out_path}: output path is a folder; expected the path of the .npz file to write")
         with self.timer("read"):
             case = read_case(in_path)
         predict = self._predict_2d if case.kind == "2D" else self._predict_3d
@@ -169,7 +180,8 @@ class Predictor:
     def _encode(self, images: np.ndarray) -> np.ndarray:
         with self.timer("encode"):
             # a copy: runtimes may hand out views of output buffers they reuse on the next call
-            return np.array(self.engine.encode(images), dtype=np.float32, copy=True)
+            embeddings = np.array(self.engine.encode(images), dtype=np.float32, copy=True)
+        return _finite(embeddings, "image embedding")
 
     def _decode(self, embedding: np.ndarray, prompts: np.ndarray, resized: tuple[int, int],
                 original: tuple[int, int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -178,6 +190,7 @@ class Predictor:
         for start in range(0, len(prompts), self.chunk_size):
             with self.timer("decode"):
                 low, _ = self.engine.decode(embedding, prompts[start:start + self.chunk_size])
+            _finite(low, "mask logits")
             for first in range(0, len(low), post):
                 with self.timer("postprocess"):
                     logits = postprocess_logits(low[first:first + post], resized, original, self.config.input_size)

@@ -14,6 +14,9 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD
 
 # cv2.resize handles at most this many channels in one call
 _CV_MAX_CHANNELS = 512
+# float images beyond this magnitude are scaled down before resizing: INTER_AREA's sums and max - min overflow
+_SAFE_MAGNITUDE = 2.0 ** 64
+_RANGE_FLOOR = 1e-8
 
 
 def resized_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
@@ -29,11 +32,26 @@ def resize_longest_side(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
-def normalize_minmax(image: np.ndarray) -> np.ndarray:
+def normalize_minmax(image: np.ndarray, floor: float = _RANGE_FLOOR) -> np.ndarray:
     """Min-max to [0, 1] in float64 (as the reference), returned as float32; range floor 1e-8."""
     image = image.astype(np.float64)
     lo, hi = image.min(), image.max()
-    return ((image - lo) / max(hi - lo, 1e-8)).astype(np.float32)
+    return ((image - lo) / max(hi - lo, floor)).astype(np.float32)
+
+
+def scale_to_safe_range(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """A float image with |values| < 1 and the power-of-two factor applied; others unchanged with factor 1.
+
+    Only images beyond 2**64 are scaled. A power of two scales exactly, so resizing and min-max of the
+    scaled copy (with the range floor scaled alike) give what exact arithmetic on the original would.
+    """
+    if not np.issubdtype(image.dtype, np.floating):
+        return image, 1.0
+    magnitude = float(np.abs(image).max(initial=0.0))
+    if not magnitude <= _SAFE_MAGNITUDE:  # also catches NaN, which validation rejects before this
+        exponent = int(np.frexp(magnitude)[1])
+        return np.ldexp(image, -exponent), 2.0 ** -exponent
+    return image, 1.0
 
 
 def pad_bottom_right(image: np.ndarray, size: int) -> np.ndarray:
@@ -55,8 +73,9 @@ def to_three_channels(image: np.ndarray) -> np.ndarray:
 def preprocess_image(image: np.ndarray, size: int, normalization: str = "minmax"
                      ) -> tuple[np.ndarray, tuple[int, int]]:
     """A 2D image (H, W[, C]) to the encoder input (1, 3, S, S) float32 and the resized (h, w)."""
-    resized = resize_longest_side(to_three_channels(image), size)
-    x = normalize_minmax(resized)
+    image, scale = scale_to_safe_range(to_three_channels(image))
+    resized = resize_longest_side(image, size)
+    x = normalize_minmax(resized, _RANGE_FLOOR * scale)
     if normalization == "imagenet":
         x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     elif normalization != "minmax":

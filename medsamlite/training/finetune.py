@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import save_model
 from .config import FinetuneConfig
+from .frozen import train_mode
 from .losses import BoxLoss, get_loss
 
 STATE_FILE, LOG_FILE, BEST_DIR = "last.pt", "log.csv", "best"
@@ -163,7 +164,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, b
         total_loss += float(loss) * b
         dsc += float(dice_scores(logits, batch["mask"]).sum())
         n += b
-    model.train(was_training)
+    if was_training:
+        train_mode(model)
     if n == 0:
         raise ValueError("validation data is empty")
     return total_loss / n, dsc / n
@@ -175,7 +177,11 @@ def _load_state(resume: str, device: torch.device) -> dict:
         path = path / STATE_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no training state to resume from (expected a file written by finetune)")
-    state = torch.load(path, map_location=device, weights_only=False)
+    try:  # tensors and plain containers only: a training state never needs code from the file
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable finetune training state ({type(error).__name__}: "
+                         f"{(str(error).strip().splitlines() or [''])[0][:200]})") from None
     missing = {"model", "optimizer", "scheduler", "epoch", "step"} - set(state)
     if missing:
         raise ValueError(f"{path}: not a finetune training state (missing {sorted(missing)})")
@@ -219,7 +225,6 @@ def finetune(model: nn.Module, train_data: Dataset | DataLoader, val_data: Datas
         best, best_epoch, since_best = state["best_val_loss"], state["best_epoch"], state["epochs_since_best"]
         history = state["history"]
     log = CsvLog(out / LOG_FILE, LOG_COLUMNS, append=bool(config.resume))
-    frozen_parts = [getattr(model, n) for n in config.freeze if isinstance(getattr(model, n, None), nn.Module)]
     stopped_early = False
     for epoch in range(start_epoch, config.epochs):
         if config.max_steps is not None and step >= config.max_steps:
@@ -227,9 +232,7 @@ def finetune(model: nn.Module, train_data: Dataset | DataLoader, val_data: Datas
         start = time.perf_counter()
         torch.manual_seed(epoch_seed(config.seed, epoch))
         loader = epoch_loader(train_data, epoch, config.batch_size, config.num_workers, config.seed, sampler)
-        model.train()
-        for part in frozen_parts:  # frozen BatchNorm statistics and dropout stay as trained
-            part.eval()
+        train_mode(model)  # frozen modules (BatchNorm statistics, dropout) stay in eval mode
         losses = []
         for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not config.progress, leave=False):
             loss, _ = box_loss_step(model, loss_fn, to_device(batch, device))

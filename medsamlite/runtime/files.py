@@ -1,0 +1,110 @@
+"""Files medsamlite writes: per-file digests checked on open, permissions that follow the umask, temp-file litter.
+
+A compiled folder records `{file: {"sha256", "bytes"}}` for every file beside its `config.json`, so a
+truncated, deleted or overwritten graph is caught on open instead of segmenting into an empty mask.
+sha256 because it is the fastest full hash here (hashlib's SHA-NI path: ~1.2 GB/s, 33 ms for a
+40 MB model; blake2b 52 ms), and every byte is checked: a size check alone misses an overwritten block.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+DIGEST = "sha256"
+# OpenVINO's compiled-blob cache is written at open time, never recorded
+UNRECORDED = ("ov_cache",)
+
+
+class IntegrityError(ValueError):
+    """A file of a compiled folder is missing, truncated or not what was recorded (one line, naming the file)."""
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, DIGEST).hexdigest()
+
+
+def _recordable(folder: Path, skip: Iterable[str]) -> list[Path]:
+    skip = set(skip)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] not in skip
+                  and p.relative_to(folder).parts[0] not in UNRECORDED)
+
+
+def file_digests(folder: str | Path, skip: Iterable[str] = ()) -> dict[str, dict[str, object]]:
+    """{relative path: {"sha256": hex, "bytes": size}} of every file under `folder` but `skip` and caches."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {DIGEST: file_digest(p), "bytes": p.stat().st_size}
+            for p in _recordable(folder, skip)}
+
+
+def check_files(folder: str | Path, recorded: dict[str, dict[str, object]]) -> None:
+    """Raise `IntegrityError` naming the first file that is missing, of another size or another digest."""
+    folder = Path(folder)
+    for name, record in sorted(recorded.items()):
+        path = folder / name
+        if not path.is_file():
+            raise IntegrityError(f"{path}: missing (recorded in {folder / 'config.json'}); the folder is incomplete")
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise IntegrityError(f"{path}: {size} bytes, expected {record['bytes']} (truncated or replaced)")
+        if file_digest(path) != record[DIGEST]:
+            raise IntegrityError(f"{path}: content differs from its recorded {DIGEST} (corrupted or modified)")
+
+
+def check_recorded(folder: str | Path, meta: dict) -> None:
+    """Check the files of a compiled folder against the digests its `config.json` (`meta`) records."""
+    if not isinstance(meta.get("digests"), dict):
+        raise IntegrityError(f"{Path(folder) / 'config.json'}: records no file digests (written by an older "
+                             "medsamlite); export the model again")
+    check_files(folder, meta["digests"])
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def chmod_per_umask(path: str | Path) -> None:
+    """Give `path` (and everything under a folder) the modes a plain open/mkdir would have: 0666/0777 & ~umask.
+
+    tempfile.mkstemp / mkdtemp create 0600 / 0700, which a reader under another user id cannot open.
+    """
+    path, mask = Path(path), current_umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` (umask modes) in one rename when the block ends; nothing on error.
+
+    The temporary name is `.NAME.XXXX.tmp` beside `path`, which `remove_orphans(folder, ".*.tmp")` clears.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        chmod_per_umask(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_orphans(folder: str | Path, pattern: str) -> list[Path]:
+    """Delete the files matching `pattern` in `folder` (temp files of a killed run); returns them."""
+    removed = []
+    for p in Path(folder).glob(pattern):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
