@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -120,7 +121,8 @@ class DistillTask(Task):
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: Dataset, config: DistillConfig | None = None, *,
-            sampler: StreamSampler | None = None, run_info: dict | None = None) -> TrainResult:
+            sampler: StreamSampler | None = None, after_step: Callable[[nn.Module, Any], None] | None = None,
+            run_info: dict | None = None) -> TrainResult:
     """Train `student.image_encoder` on the teacher's embeddings with the one loop; the student lands in output_dir."""
     config = config or DistillConfig()
     if not any(p.requires_grad for p in student.image_encoder.parameters()):
@@ -133,4 +135,4 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, config: Disti
         else:
             cache = TeacherCache(config.teacher_cache, teacher)
     task = DistillTask(student, teacher, cache, config.student_key, config.teacher_key, config.copy_heads)
-    return train(task, data, config, sampler=sampler, run_info=run_info)
+    return train(task, data, config, sampler=sampler, after_step=after_step, run_info=run_info)

@@ -271,11 +271,11 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
                 continue
             if after_step is not None:
                 after_step(task.model, optimizer)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             scheduler.step()
             progress.step += 1
             row = meter.reduce(accelerator)
             progress.losses.append(row["loss"])
-            lr = optimizer.param_groups[0]["lr"]
             if main:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", img_s=f"{row['images_per_s']:.1f}",
