@@ -171,6 +171,8 @@ def _finetune(args: argparse.Namespace) -> int:
     config = _loop_config(FinetuneConfig, args, loss=args.loss, freeze=tuple(args.freeze),
                           early_stopping_patience=args.patience or None)
     result = finetune(model, train, val, config, sampler=sampler, run_info=info)
+    if result.rank:
+        return 0
     print(f"{result.epochs} epochs, {result.steps} steps on {result.world_size} process(es); best validation loss "
           f"{result.best_val_loss:.4f} (epoch {result.best_epoch}){'; stopped early' if result.stopped_early else ''}; "
           f"model in {result.output_dir / 'model'}, log in {result.output_dir / 'log.csv'}")
@@ -190,6 +192,8 @@ def _distill(args: argparse.Namespace) -> int:
                            augment=not args.teacher_cache, seed=args.seed)
     config = _loop_config(DistillConfig, args, copy_heads=not args.no_copy_heads, teacher_cache=args.teacher_cache)
     result = distill(student, teacher, data, config, run_info=info)
+    if result.rank:
+        return 0
     last = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1)
     print(f"{result.steps} steps in {result.seconds:.0f} s on {result.world_size} process(es); embedding MSE "
           f"{result.losses[0]:.4g} -> {last:.4g}; student saved to {args.output}")

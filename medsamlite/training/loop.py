@@ -85,6 +85,7 @@ class TrainResult:
     best_epoch: int | None
     stopped_early: bool
     world_size: int
+    rank: int = 0  # this process's (only rank 0 writes)
 
 
 @dataclass
@@ -316,7 +317,7 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
     if len(set(digests)) > 1:
         raise RuntimeError(f"{out}: ranks ended with different weights (digests {digests})")
     return TrainResult(out, progress.step, len(progress.history), seconds, progress.losses, progress.history,
-                       progress.best, progress.best_epoch, stopped_early, world)
+                       progress.best, progress.best_epoch, stopped_early, world, rank)
 
 
 class _Meter:
