@@ -11,6 +11,7 @@ import importlib
 SUITES = {
     "compare": ("medsamlite.benchmark.compare", "models on DSC, NSD, runtime and peak memory (the default)"),
     "precision": ("medsamlite.benchmark.precision", "f32 / bf16 / int8: encode latency and mask agreement with f32"),
+    "train": ("medsamlite.benchmark.train", "training images/s and masks/s: processes, K targets, teacher cache, bf16"),
 }
 DEFAULT_SUITE = "compare"
 
