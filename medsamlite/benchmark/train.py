@@ -25,8 +25,8 @@ from pathlib import Path
 
 from .report import machine_header, markdown_table, stacked_bars, write_csv, write_markdown
 
-BASE = {"finetune": ["finetune", "--model", "litemedsam", "--targets-per-image", "0", "--freeze", "prompt_encoder"],
-        "distill": ["distill", "--student", "repvit_m0_6_medsam", "--teacher", "litemedsam"]}
+BASE = {"finetune": ["--model", "litemedsam", "--targets-per-image", "0", "--freeze", "prompt_encoder"],
+        "distill": ["--student", "repvit_m0_6_medsam", "--teacher", "litemedsam"]}
 # name: (mode, processes, extra arguments)
 RUNS = {
     "finetune": ("finetune", 1, []),
@@ -72,7 +72,7 @@ def one_run(name: str, data: Path, work: Path, args: argparse.Namespace) -> dict
     out = work / name
 
     def command(output: Path) -> list[str]:
-        return [*launcher(processes), "-m", "medsamlite", "train", *BASE[mode], str(data), *extra, "--output",
+        return [*launcher(processes), "-m", "medsamlite", "train", mode, str(data), *BASE[mode], *extra, "--output",
                 str(output), "--max-steps", str(args.steps), "--epochs", "1000", "--batch-size",
                 str(args.batch_size), "--threads", "1", "--no-progress", "--save-every", "0"]
 
