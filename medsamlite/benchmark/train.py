@@ -44,9 +44,10 @@ COLUMNS = ("run", "mode", "processes", "precision", "targets", "teacher_cache", 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="*", choices=list(RUNS), help="which runs (default: all)")
-    parser.add_argument("--steps", type=int, default=4, help="optimiser steps per run (the first is warm-up)")
+    parser.add_argument("--steps", type=int, default=3, help="optimiser steps per run (the first is warm-up)")
     parser.add_argument("--batch-size", type=int, default=2, help="per process")
-    parser.add_argument("--cases", type=int, default=2, help="synthetic cases per 2D modality")
+    parser.add_argument("--cases", type=int, default=1,
+                        help="synthetic cases per 2D modality (1: no validation split, as in a pure throughput run)")
     parser.add_argument("--size", type=float, default=0.25, help="synthetic case scale")
     parser.add_argument("--out", type=Path, default=Path("train-results"))
 

@@ -297,6 +297,7 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
         epoch_over = progress.position >= micro_per_epoch
         if val_data is not None and (epoch_over or done):
             stopped_early = _validate(task, val_data, config, accelerator, progress, log, started, patience)
+            meter.since = time.perf_counter()  # throughput is training's: validation time is not counted
         if epoch_over:
             progress.epoch, progress.position = progress.epoch + 1, 0
         if stopped_early:
