@@ -8,7 +8,7 @@ One process (`medsamlite train ...`) or N (`accelerate launch`, `torchrun`: gloo
 Determinism: each epoch seeds torch's RNG from (seed, epoch, rank), the sampler from (seed, epoch) and
 the dataset's augmentation from (seed, epoch, item); a checkpoint stores the step, the position in
 the epoch and every rank's RNG, so a run stopped and resumed repeats the uninterrupted run exactly.
-At the end every rank's weight digest is gathered into `run.json` (`rank_digests`); ranks that
+At the end every rank's parameter digest is gathered into `run.json` (`rank_digests`); ranks that
 diverged fail the run.
 """
 from __future__ import annotations
@@ -129,10 +129,11 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], 
     return factor
 
 
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of a module's state (names and bytes): equal digests mean equal weights."""
+def weights_digest(model: nn.Module, buffers: bool = True) -> str:
+    """sha256 of a module's state (names and bytes; parameters only with `buffers=False`)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    tensors = model.state_dict() if buffers else dict(model.named_parameters())
+    for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -307,7 +308,9 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
         progress.accel_step = accelerator.step
         _save(out, progress, task, optimizer, scheduler, accelerator, config)
     accelerator.wait_for_everyone()
-    digests = gather_object([weights_digest(task.model)])
+    # parameters only: BatchNorm running statistics are each rank's own until DDP's next forward
+    # broadcasts rank 0's (rank 0's are the ones saved)
+    digests = gather_object([weights_digest(task.model, buffers=False)])
     task.finish(out, main)
     seconds = time.perf_counter() - started
     if main:
