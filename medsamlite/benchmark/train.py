@@ -87,7 +87,8 @@ def one_run(name: str, data: Path, work: Path, args: argparse.Namespace) -> dict
     done = subprocess.run(command(out), env=env, capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        return {**row, "status": f"failed: {lines[-1][:120] if lines else done.returncode}"}
+        errors = [line for line in lines if "Error" in line] or lines  # the launcher's summary hides the cause
+        return {**row, "status": f"failed: {errors[-1][:160] if errors else done.returncode}"}
     images, masks = rates(out / "log.csv")
     return {**row, "images_per_s": images, "masks_per_s": masks, "status": "ok"}
 
