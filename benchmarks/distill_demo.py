@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.students:
             student = create_model(name)
             data = NpzImageDataset(train_dir, {"student": student.config, "teacher": teacher.config}, seed=0)
-            config = DistillConfig(epochs=10_000, max_seconds=args.seconds, batch_size=args.batch_size, lr=args.lr,
+            config = DistillConfig(output_dir=str(Path(tmp) / name), epochs=10_000, max_seconds=args.seconds,
+                                   batch_size=args.batch_size, lr=args.lr,
                                    device="cpu", progress=False)
             result = distill(student, teacher, data, config)
             student_logits, _ = masks(student, held_out_items(val_dir, student.config))

@@ -12,6 +12,7 @@ SUITES = {
     "compare": ("medsamlite.benchmark.compare", "models on DSC, NSD, runtime and peak memory (the default)"),
     "precision": ("medsamlite.benchmark.precision", "f32 / bf16 / int8: encode latency and mask agreement with f32"),
     "latency": ("medsamlite.benchmark.latency", "encoder latency per backend and whole-process cold start"),
+    "train": ("medsamlite.benchmark.train", "training images/s and masks/s: processes, K targets, teacher cache, bf16"),
 }
 DEFAULT_SUITE = "compare"
 

@@ -1,17 +1,21 @@
-"""`medsamlite train distill | finetune | daft`: the training API from the command line (no torch at import).
+"""`medsamlite train distill | finetune | daft`: the one training loop from the command line (no torch at import).
 
-    medsamlite train finetune DATA --model litemedsam --pretrained --output runs/ft --loss litemedsam
-    medsamlite train distill DATA --student repvit_m0_6_medsam --teacher litemedsam --teacher-pretrained
-    medsamlite train daft DATA --method lora ...     (options: `medsamlite train daft --help`)
+    medsamlite train finetune DATA --model litemedsam --model-pretrained --output runs/ft --precision bf16
+    medsamlite train distill DATA --student repvit_m0_6_medsam --teacher litemedsam --teacher-pretrained \\
+        --teacher-cache runs/teacher-cache
+    medsamlite train daft DATA --method lora ...
+    accelerate launch --num_processes 2 -m medsamlite train finetune DATA ...   (or torchrun; gloo on CPU)
 
 DATA is a folder of task `.npz` cases (imgs/ + gts/, or files holding both imgs and gts).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from ..training.config import DistillConfig, FinetuneConfig
+from ..constants import TRAIN_PRECISIONS
+from ..training.config import DistillConfig, FinetuneConfig, TrainConfig
 
 
 def _probabilities(pairs: list[str] | None) -> dict[str, float] | None:
@@ -30,21 +34,39 @@ def _probabilities(pairs: list[str] | None) -> dict[str, float] | None:
     return out
 
 
-def _common(p: argparse.ArgumentParser, defaults: FinetuneConfig | DistillConfig) -> None:
+def _loop_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """The training loop's options, the same for every mode."""
     p.add_argument("data", help="folder of task .npz cases")
-    p.add_argument("--output", default=defaults.output_dir or "runs/distill",
-                   help="output folder (default: %(default)s)")
+    p.add_argument("--output", default=defaults.output_dir, help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
-    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, help="optimiser steps (also the length of the LR schedule)")
+    p.add_argument("--max-seconds", type=float, help="stop after this much training time")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="AdamW peak learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s")
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear warmup, then cosine")
+    p.add_argument("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per optimiser step")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this")
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=defaults.precision,
+                   help="bf16: autocast on CPU and CUDA; fp16: autocast + loss scaling, CUDA only (default: %(default)s)")
+    p.add_argument("--save-every", type=int, default=defaults.save_every, help="checkpoint every N steps")
+    p.add_argument("--keep", type=int, default=defaults.keep, help="checkpoints kept (default: %(default)s)")
+    p.add_argument("--resume", help="continue from OUTPUT (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--slices", choices=("random", "all"), default="random",
                    help="3D: one random slice per volume per epoch, or every slice (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")
-    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1 ... (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device,
+                   help="auto: CUDA when available (the launcher gives each process its GPU)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seeds model init, data order and augmentation")
+    p.add_argument("--threads", type=int, help="torch threads per process")
+    p.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between log rows")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _targets_option(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--targets-per-image", type=int, default=default,
+                   help="K boxes per image through the decoder after one encoder pass (0: one target per item, "
+                        "default: %(default)s)")
 
 
 def _model_options(p: argparse.ArgumentParser, role: str, default: str | None) -> None:
@@ -60,8 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ft_defaults, ds_defaults = FinetuneConfig(), DistillConfig()
 
     ft = sub.add_parser("finetune", help="fine-tune a model on box-prompted items (LiteMedSAM recipe)")
-    _common(ft, ft_defaults)
+    _loop_options(ft, ft_defaults)
     _model_options(ft, "model", "litemedsam")
+    _targets_option(ft, 5)  # MedficientSAM's
+    ft.add_argument("--input-size", type=int, help="encoder input side (default: the model's)")
     ft.add_argument("--val-data", help="validation cases (default: a split of DATA by case)")
     ft.add_argument("--val-fraction", type=float, default=0.2, help="case split when no --val-data")
     ft.add_argument("--loss", default=ft_defaults.loss, help="litemedsam, daft, dice_focal (default: %(default)s)")
@@ -69,34 +93,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="parts to freeze, e.g. image_encoder prompt_encoder (default: %(default)s)")
     ft.add_argument("--patience", type=int, default=ft_defaults.early_stopping_patience,
                     help="early stopping: epochs without a better validation loss (default: %(default)s; 0: off)")
-    ft.add_argument("--plateau-factor", type=float, default=ft_defaults.plateau_factor)
-    ft.add_argument("--plateau-patience", type=int, default=ft_defaults.plateau_patience)
     ft.add_argument("--box-shift", type=int, default=5, help="random box widening, px (default: %(default)s)")
     ft.add_argument("--modality-probabilities", nargs="*", metavar="MODALITY=P",
                     help="modality-balanced sampling, e.g. CT=0.4 MR=0.1 (the rest share the remainder)")
     ft.add_argument("--temperature", type=float, help="modality sampling by frequency^(1/T) (inf: uniform)")
     ft.add_argument("--samples-per-epoch", type=int, help="items drawn per epoch by the modality sampler")
-    ft.add_argument("--resume", help="training state to resume from (OUTPUT/last.pt or its folder)")
 
     ds = sub.add_parser("distill", help="distil a student's image encoder from a teacher's embeddings")
-    _common(ds, ds_defaults)
+    _loop_options(ds, ds_defaults)
     _model_options(ds, "student", None)
     _model_options(ds, "teacher", "litemedsam")
-    ds.add_argument("--max-seconds", type=float, help="stop after this much training time")
+    ds.add_argument("--input-size", type=int, help="student encoder input side (default: the model's)")
+    ds.add_argument("--teacher-cache", help="folder of fp16 teacher embeddings (turns augmentation off: "
+                                            "a flipped image has no cached embedding)")
     ds.add_argument("--no-copy-heads", action="store_true", help="keep the student's own prompt encoder/decoder")
 
     daft = sub.add_parser("daft", help="fine-tune one adapter per modality group")
     _daft_arguments(daft)
 
 
-def _load(name: str, checkpoint: str | None, pretrained: bool):
+def _load(name: str, checkpoint: str | None, pretrained: bool, input_size: int | None = None):
     from ..factory import create_model, load_model
 
     if Path(name).is_dir():
-        if checkpoint or pretrained:
-            raise SystemExit(f"{name} is a saved model folder; --*-checkpoint/--*-pretrained do not apply")
+        if checkpoint or pretrained or input_size:
+            raise SystemExit(f"{name} is a saved model folder; --*-checkpoint/--*-pretrained/--input-size do not apply")
         return load_model(name)
-    return create_model(name, checkpoint=checkpoint, pretrained=pretrained)
+    return create_model(name, checkpoint=checkpoint, pretrained=pretrained,
+                        **({"input_size": input_size} if input_size else {}))
+
+
+def _loop_config(cls: type, args: argparse.Namespace, **extra):
+    """A config dataclass from the loop options (and `extra`)."""
+    return cls(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps, max_seconds=args.max_seconds,
+               batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+               warmup_steps=args.warmup_steps, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
+               precision=args.precision, device=args.device, seed=args.seed, save_every=args.save_every,
+               keep=args.keep, resume=args.resume, num_workers=args.num_workers, log_every=args.log_every,
+               progress=not args.no_progress, **extra)
+
+
+def _start(args: argparse.Namespace) -> dict:
+    """Threads and the seed, before any model is built (the seed decides its initialisation); run.json's args."""
+    import torch
+    from accelerate.utils import set_seed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}
+
+
+def _targets(k: int) -> dict:
+    return {"targets_per_image": k} if k else {}
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -104,27 +153,29 @@ def _finetune(args: argparse.Namespace) -> int:
     from ..data.samplers import ModalityBalancedSampler
     from ..training.finetune import finetune
 
-    model = _load(args.model, args.model_checkpoint, args.model_pretrained)
+    info = _start(args)
+    model = _load(args.model, args.model_checkpoint, args.model_pretrained, args.input_size)
     if args.val_data:
         train_files, val_files = case_files(args.data), case_files(args.val_data)
     else:
         train_files, val_files = split_cases(case_files(args.data), args.val_fraction, args.seed)
-    train = NpzSliceDataset(train_files, model.config, slices=args.slices, box_shift=args.box_shift, seed=args.seed)
-    val = NpzSliceDataset(val_files, model.config, slices="all", augment=False, seed=args.seed) if val_files else None
+    k = _targets(args.targets_per_image)
+    train = NpzSliceDataset(train_files, model.config, slices=args.slices, box_shift=args.box_shift, seed=args.seed,
+                            **k)
+    val = (NpzSliceDataset(val_files, model.config, slices="all", augment=False, seed=args.seed, **k)
+           if val_files else None)
     sampler = None
     if args.modality_probabilities or args.temperature or args.samples_per_epoch:
         sampler = ModalityBalancedSampler(train.modalities, _probabilities(args.modality_probabilities),
                                           args.temperature, args.samples_per_epoch, args.seed)
-    config = FinetuneConfig(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
-                            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, loss=args.loss,
-                            freeze=tuple(args.freeze), plateau_factor=args.plateau_factor,
-                            plateau_patience=args.plateau_patience, early_stopping_patience=args.patience or None,
-                            num_workers=args.num_workers, device=args.device, seed=args.seed, resume=args.resume,
-                            progress=not args.no_progress)
-    result = finetune(model, train, val, config, sampler=sampler)
-    print(f"{result.epochs} epochs, {result.steps} steps; best validation loss {result.best_val_loss:.4f} "
-          f"(epoch {result.best_epoch}){'; stopped early' if result.stopped_early else ''}; "
-          f"best model in {result.output_dir / 'best'}, log in {result.output_dir / 'log.csv'}")
+    config = _loop_config(FinetuneConfig, args, loss=args.loss, freeze=tuple(args.freeze),
+                          early_stopping_patience=args.patience or None)
+    result = finetune(model, train, val, config, sampler=sampler, run_info=info)
+    if result.rank:
+        return 0
+    print(f"{result.epochs} epochs, {result.steps} steps on {result.world_size} process(es); best validation loss "
+          f"{result.best_val_loss:.4f} (epoch {result.best_epoch}){'; stopped early' if result.stopped_early else ''}; "
+          f"model in {result.output_dir / 'model'}, log in {result.output_dir / 'log.csv'}")
     if sampler is not None:
         print(sampler.report())
     return 0
@@ -134,25 +185,25 @@ def _distill(args: argparse.Namespace) -> int:
     from ..data.datasets import NpzImageDataset
     from ..training.distill import distill
 
-    student = _load(args.student, args.student_checkpoint, args.student_pretrained)
+    info = _start(args)
+    student = _load(args.student, args.student_checkpoint, args.student_pretrained, args.input_size)
     teacher = _load(args.teacher, args.teacher_checkpoint, args.teacher_pretrained)
     data = NpzImageDataset(args.data, {"student": student.config, "teacher": teacher.config}, slices=args.slices,
-                           seed=args.seed)
-    config = DistillConfig(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
-                           max_seconds=args.max_seconds, batch_size=args.batch_size, lr=args.lr,
-                           weight_decay=args.weight_decay, copy_heads=not args.no_copy_heads,
-                           num_workers=args.num_workers, device=args.device, seed=args.seed,
-                           progress=not args.no_progress)
-    result = distill(student, teacher, data, config)
+                           augment=not args.teacher_cache, seed=args.seed)
+    config = _loop_config(DistillConfig, args, copy_heads=not args.no_copy_heads, teacher_cache=args.teacher_cache)
+    result = distill(student, teacher, data, config, run_info=info)
+    if result.rank:
+        return 0
     last = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1)
-    print(f"{result.steps} steps in {result.seconds:.0f} s; embedding MSE {result.losses[0]:.4g} -> {last:.4g}; "
-          f"student saved to {args.output}")
+    print(f"{result.steps} steps in {result.seconds:.0f} s on {result.world_size} process(es); embedding MSE "
+          f"{result.losses[0]:.4g} -> {last:.4g}; student saved to {args.output}")
     return 0
 
 
 def _daft_arguments(parser: argparse.ArgumentParser) -> None:
     """`medsamlite train daft` options."""
-    parser.add_argument("data", help="folder of task .npz cases (imgs/ + gts/ or labelled files)")
+    _loop_options(parser, dataclasses.replace(FinetuneConfig(), output_dir="runs/daft", lr=1e-4))
+    _targets_option(parser, 0)  # DAFT's recipe: one target per item
     parser.add_argument("--model", default="litemedsam", help="registered model name")
     parser.add_argument("--input-size", type=int, help="encoder input side (default: the model's)")
     parser.add_argument("--checkpoint", help="weights to start from (any supported layout)")
@@ -165,15 +216,8 @@ def _daft_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fallback", default="general", help="group for unknown names (the base model)")
     parser.add_argument("--include-decoder", action="store_true", help="adapt the decoder's attention/MLP too")
     parser.add_argument("--train-decoder", action="store_true", help="a trainable decoder copy per group")
-    parser.add_argument("--output", default="runs/daft")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--patience", type=int, default=7, help="early-stopping patience in epochs")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export", metavar="BACKEND",
                         help="also export per-group compiled models (openvino, onnxruntime)")
 
@@ -185,18 +229,17 @@ def _daft(args: argparse.Namespace) -> int:
     from ..factory import create_model
     from ..runtime.router import DEFAULT_GROUPS, Router, parse_groups
     from ..training.daft import DaftSettings, train_daft
-    from ..training.finetune import FinetuneConfig
 
+    _start(args)
     overrides = {"input_size": args.input_size} if args.input_size else {}
     base = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **overrides)
     router = Router(parse_groups(args.groups) if args.groups else dict(DEFAULT_GROUPS), fallback=args.fallback)
     adapter = {} if args.method not in api.PEFT_METHODS else {"r": args.rank, "alpha": args.alpha}
     if args.method == "arena":
         adapter["lam"] = args.lam
-    settings = DaftSettings(args.method, adapter, args.include_decoder, args.train_decoder, args.val_fraction)
-    config = FinetuneConfig(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
-                            batch_size=args.batch_size, lr=args.lr, early_stopping_patience=args.patience,
-                            device=args.device, seed=args.seed)
+    settings = DaftSettings(args.method, adapter, args.include_decoder, args.train_decoder, args.val_fraction,
+                            args.targets_per_image or None)
+    config = _loop_config(FinetuneConfig, args, early_stopping_patience=args.patience)
     model, results = train_daft(base, case_files(args.data), router, settings, config)
     model.save(Path(args.output) / "model")
     for group, r in results.items():
@@ -208,4 +251,10 @@ def _daft(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training.loop import check_settings
+
+    try:
+        check_settings(args.precision, args.device)
+    except ValueError as error:
+        raise SystemExit(f"medsamlite train: {error}") from None
     return {"finetune": _finetune, "distill": _distill, "daft": _daft}[args.train_command](args)

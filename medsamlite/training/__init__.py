@@ -1,4 +1,4 @@
-"""Training: losses, encoder distillation and fine-tuning (torch is imported only when a name is used).
+"""Training: one loop (`train`) on Accelerate, tasks for fine-tuning and distillation, losses (torch loads lazily).
 
 `medsamlite.training.distill` and `medsamlite.training.finetune` are the modules; their entry points
 are `from medsamlite.training.distill import distill` and `from medsamlite.training.finetune import finetune`
@@ -15,8 +15,10 @@ from .._lazy import lazy_exports
 _LAZY = {
     "get_loss": "losses", "LOSSES": "losses", "LiteMedSAMLoss": "losses", "DiceFocal": "losses",
     "PartialLabelLoss": "losses", "mask_iou": "losses",
-    "DistillConfig": "config", "DistillResult": "distill", "copy_heads": "distill",
-    "FinetuneConfig": "config", "FinetuneResult": "finetune", "evaluate": "finetune", "freeze": "finetune",
+    "TrainConfig": "config", "DistillConfig": "config", "FinetuneConfig": "config",
+    "TrainResult": "loop", "Task": "loop", "train": "loop",
+    "DistillTask": "distill", "TeacherCache": "distill", "copy_heads": "distill",
+    "FinetuneTask": "finetune", "evaluate": "finetune", "freeze": "finetune",
 }
 
 __all__ = sorted(_LAZY)

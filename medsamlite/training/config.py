@@ -6,44 +6,54 @@ from typing import Any
 
 
 @dataclass
-class FinetuneConfig:
-    """Fine-tuning settings; defaults are LiteMedSAM's (DAFT's early-stopping patience of 7)."""
+class TrainConfig:
+    """Settings of the one training loop, shared by every mode (finetune, distill, daft).
 
-    output_dir: str = "runs/finetune"
+    The learning rate warms up linearly over `warmup_steps`, then follows a cosine to
+    `min_lr_ratio` x `lr` at the last step (`max_steps`, else `epochs` x optimiser steps per epoch).
+    """
+
+    output_dir: str = "runs/train"
     epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimiser steps (checked within an epoch)
-    batch_size: int = 4
+    max_steps: int | None = None  # optimiser steps; also the length of the LR schedule
+    max_seconds: float | None = None  # also stop after this much training time
+    batch_size: int = 4  # per process
     lr: float = 5e-5
     weight_decay: float = 0.01
-    loss: str = "litemedsam"
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    freeze: tuple[str, ...] = ("prompt_encoder",)  # parameter-name prefixes, e.g. "image_encoder"
-    plateau_factor: float = 0.9
-    plateau_patience: int = 5
-    early_stopping_patience: int | None = 7  # epochs without a better validation loss; None: never
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_accum: int = 1
     grad_clip: float | None = None
-    num_workers: int = 0
-    device: str = "auto"  # "auto": CUDA when available, else CPU
+    precision: str = "f32"  # TRAIN_PRECISIONS
+    device: str = "auto"  # "auto": CUDA when available, else CPU; "cpu"; "cuda"
     seed: int = 0
-    resume: str | None = None  # a training state file, or a folder holding last.pt
+    save_every: int | None = 500  # optimiser steps between checkpoints (one is always written at the end)
+    keep: int = 3  # checkpoints kept (the newest)
+    resume: str | None = None  # a checkpoint folder, or an output folder holding checkpoints/
+    num_workers: int = 0
+    log_every: int = 1  # optimiser steps between log rows
     progress: bool = True
 
 
 @dataclass
-class DistillConfig:
-    """Distillation settings; training stops at `epochs`, `max_steps` or `max_seconds`, whichever comes first."""
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning: LiteMedSAM's loss and optimiser (AdamW 5e-5, wd 0.01); DAFT's early-stopping patience of 7."""
 
-    output_dir: str | None = None  # if set: the student (save_model) and distill_log.csv go here
+    output_dir: str = "runs/finetune"
+    loss: str = "litemedsam"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    freeze: tuple[str, ...] = ("prompt_encoder",)  # parameter-name prefixes, e.g. "image_encoder"
+    early_stopping_patience: int | None = 7  # epochs without a better validation loss; None: never
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Distillation: the student's image encoder learns the teacher's embeddings (MSE)."""
+
+    output_dir: str = "runs/distill"  # the student (save_model), logs and checkpoints go here
     epochs: int = 1
-    max_steps: int | None = None
-    max_seconds: float | None = None
-    batch_size: int = 4
     lr: float = 5e-4
-    weight_decay: float = 0.01
     copy_heads: bool = True
-    num_workers: int = 0
-    device: str = "auto"
-    seed: int = 0
+    teacher_cache: str | None = None  # folder of fp16 teacher embeddings, reused across epochs and students
     student_key: str = "student"
     teacher_key: str = "teacher"
-    progress: bool = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -23,17 +23,22 @@ class DaftSettings:
     include_decoder: bool = False
     train_decoder: bool = False
     val_fraction: float = 0.2
+    targets_per_image: int | None = None  # K targets per item (None: one)
 
 
 def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, settings: DaftSettings | None = None,
-               finetune_config: Any = None) -> tuple[DataAwareModel, dict[str, Any]]:
+               finetune_config: Any = None, after_step: Callable[[nn.Module, Any], None] | None = None
+               ) -> tuple[DataAwareModel, dict[str, Any]]:
     """Fine-tune one adapter (or model) per router group on that group's cases; returns the model and results.
 
-    Groups without cases keep the untrained adapter and are reported with 0 cases. Each group's best
-    weights (lowest validation loss) are restored after its run.
+    Each group is one run of the training loop in `output_dir/<group>` (checkpoints, log, run.json);
+    with `resume`, every group that has checkpoints continues from its newest. Groups without cases
+    keep the untrained adapter and are reported with 0 cases. Each group's best weights (lowest
+    validation loss) are restored after its run. `after_step` runs after every optimiser step.
     """
     from ..data.datasets import NpzSliceDataset, split_cases
     from .finetune import FinetuneConfig, finetune
+    from .state import list_checkpoints
 
     settings = settings or DaftSettings()
     finetune_config = finetune_config or FinetuneConfig()
@@ -42,7 +47,9 @@ def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, set
         model = DataAwareModel.with_adapters(base, router, settings.method, **extra)
     else:
         model = DataAwareModel.with_models(base, router, settings.method, **extra)
-    after_step = ProximalStep(settings.adapter.get("lam", 1e-3)) if settings.method == "arena" else None
+    hooks = [h for h in (ProximalStep(settings.adapter.get("lam", 1e-3)) if settings.method == "arena" else None,
+                         after_step) if h is not None]
+    targets = {} if settings.targets_per_image is None else {"targets_per_image": settings.targets_per_image}
     results: dict[str, Any] = {}
     for group in router.groups:
         files = [Path(f) for f in cases if router.route(f) == group]
@@ -50,16 +57,29 @@ def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, set
             results[group] = {"cases": 0}
             continue
         train_files, val_files = split_cases(files, settings.val_fraction, finetune_config.seed, router.overrides)
-        train = NpzSliceDataset(train_files, base.config, augment=True, seed=finetune_config.seed)
-        val = NpzSliceDataset(val_files, base.config, augment=False, slices="all") if val_files else None
-        config = dataclasses.replace(finetune_config, output_dir=str(Path(finetune_config.output_dir) / group))
+        train = NpzSliceDataset(train_files, base.config, augment=True, seed=finetune_config.seed, **targets)
+        val = NpzSliceDataset(val_files, base.config, augment=False, slices="all", **targets) if val_files else None
+        out = Path(finetune_config.output_dir) / group
+        resume = str(out) if finetune_config.resume and list_checkpoints(out) else None
+        config = dataclasses.replace(finetune_config, output_dir=str(out), resume=resume)
         net = model.select(group)
-        result = finetune(net, train, val, config, after_step=after_step, save=_saver(group))
+        result = finetune(net, train, val, config, after_step=_chain(hooks), save=_saver(group),
+                          run_info={"group": group})
         _restore_best(net, group, result.output_dir / "best")
         results[group] = {"cases": len(files), "train": len(train_files), "val": len(val_files),
                           "best_val_loss": result.best_val_loss, "epochs": result.epochs, "steps": result.steps,
                           "trainable": api.trainable_parameters(model.select(group))}
     return model, results
+
+
+def _chain(hooks: list[Callable[[nn.Module, Any], None]]) -> Callable[[nn.Module, Any], None] | None:
+    if not hooks:
+        return None
+
+    def run(model: nn.Module, optimizer: Any) -> None:
+        for hook in hooks:
+            hook(model, optimizer)
+    return run
 
 
 def _saver(group: str):

@@ -1,41 +1,36 @@
-"""Encoder distillation: train a student's image encoder to reproduce a frozen teacher's embeddings.
+"""Encoder distillation as a task of the one loop: a student's image encoder learns a frozen teacher's embeddings.
 
 The student and the teacher may take different input sizes and normalisations: each batch carries
 one tensor per model, both preprocessed from the same raw image (`NpzImageDataset` with
 `inputs={"student": student.config, "teacher": teacher.config}`). Both embed to the same
-(256, 64, 64) grid, and the resize-longest-side + bottom-right pad puts the image at the same place
-of it. After the encoder is trained, the teacher's prompt encoder and mask decoder are copied into
+(256, 64, 64) grid. After training, the teacher's prompt encoder and mask decoder are copied into
 the student, so the student is a whole model whose heads expect the teacher's embedding.
+
+`TeacherCache` keeps the teacher's embeddings on disk (fp16 `.npy`, one per case, slice and
+preprocessing key — teacher name, input size, normalisation and weights digest), so later epochs and
+other students skip the teacher. A cached embedding is only valid for the unaugmented image: when the
+dataset augments (random flips change the image), the cache is bypassed with a warning. With a cache
+the target is always the fp16-rounded embedding, whether read or just computed, so a run does not
+depend on what was cached before.
 """
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass
+import os
+import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from ..checkpoints import save_model
+from ..data.samplers import StreamSampler
 from .config import DistillConfig
-from .finetune import CsvLog, epoch_loader, epoch_seed, resolve_device, to_device
-
-LOG_COLUMNS = ("epoch", "step", "loss", "lr", "seconds")
-
-
-@dataclass
-class DistillResult:
-    """What a distillation run did; `losses` is the embedding MSE of every step."""
-
-    steps: int
-    epochs: int
-    seconds: float
-    losses: list[float]
+from .frozen import train_mode
+from .loop import Task, TrainResult, train, weights_digest
 
 
 def copy_heads(student: nn.Module, teacher: nn.Module) -> None:
@@ -44,56 +39,101 @@ def copy_heads(student: nn.Module, teacher: nn.Module) -> None:
     student.mask_decoder.load_state_dict(teacher.mask_decoder.state_dict())
 
 
-def distill(student: nn.Module, teacher: nn.Module, data: Dataset | DataLoader,
-            config: DistillConfig | None = None) -> DistillResult:
-    """MSE between the student's and the frozen teacher's image embeddings; trains `student.image_encoder` only."""
+class TeacherCache:
+    """fp16 teacher embeddings under `directory/<preprocessing key>/<case>/<slice>.npy`, written atomically."""
+
+    def __init__(self, directory: str | Path, teacher: nn.Module) -> None:
+        c = teacher.config
+        self.key = f"{c.name}-{c.input_size}-{c.normalization}-{weights_digest(teacher)[:12]}"
+        self.root = Path(directory) / self.key
+        self.hits = self.misses = 0
+
+    def path(self, case: str, slice_: int) -> Path:
+        return self.root / case / f"{slice_}.npy"
+
+    def get(self, case: str, slice_: int) -> np.ndarray | None:
+        path = self.path(case, slice_)
+        if not path.exists():
+            self.misses += 1
+            return None
+        self.hits += 1
+        return np.load(path, allow_pickle=False)
+
+    def put(self, case: str, slice_: int, embedding: np.ndarray) -> None:
+        path = self.path(case, slice_)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, embedding.astype(np.float16))
+        os.replace(tmp, path)
+
+
+class DistillTask(Task):
+    """MSE between `student.image_encoder`'s embedding and the frozen teacher's (from `cache` when given)."""
+
+    name = "distill"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, cache: TeacherCache | None = None,
+                 student_key: str = "student", teacher_key: str = "teacher", copy_heads: bool = True) -> None:
+        self.model, self.teacher, self.cache = student, teacher.eval(), cache
+        self.student_key, self.teacher_key, self.copy = student_key, teacher_key, copy_heads
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    def module(self) -> nn.Module:
+        return self.model.image_encoder  # what DDP wraps: its forward is `student.encode`
+
+    def to(self, device: torch.device) -> None:
+        self.teacher.to(device)
+
+    def train_mode(self) -> None:
+        train_mode(self.model)
+        self.teacher.eval()
+
+    @torch.no_grad()
+    def target(self, batch: dict) -> torch.Tensor:
+        """The teacher's embeddings of the batch (cached ones read, missing ones computed and written)."""
+        images = batch[self.teacher_key]
+        if self.cache is None:
+            return self.teacher.encode(images).float()
+        keys = list(zip(batch["case"], [int(s) for s in batch["slice"]]))
+        found = [self.cache.get(c, s) for c, s in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            computed = self.teacher.encode(images[missing]).float().cpu().numpy().astype(np.float16)
+            for i, emb in zip(missing, computed):
+                self.cache.put(*keys[i], emb)
+                found[i] = emb
+        return torch.from_numpy(np.stack(found)).to(images.device).float()
+
+    def step(self, module: nn.Module, batch: dict) -> tuple[torch.Tensor, int, int]:
+        target = self.target(batch)
+        pred = module(batch[self.student_key]).float()
+        if pred.shape != target.shape:
+            raise ValueError(f"student embedding {tuple(pred.shape)} and teacher embedding "
+                             f"{tuple(target.shape)} differ; distillation needs the same grid")
+        return F.mse_loss(pred, target), len(pred), 0
+
+    def finish(self, output_dir: Path, main: bool) -> None:
+        self.model.eval()
+        if self.copy:
+            copy_heads(self.model, self.teacher)
+        if main:
+            save_model(self.model, output_dir)
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: Dataset, config: DistillConfig | None = None, *,
+            sampler: StreamSampler | None = None, after_step: Callable[[nn.Module, Any], None] | None = None,
+            run_info: dict | None = None) -> TrainResult:
+    """Train `student.image_encoder` on the teacher's embeddings with the one loop; the student lands in output_dir."""
     config = config or DistillConfig()
-    device = resolve_device(config.device)
-    student.to(device)
-    teacher.to(device).eval()
-    params = [p for p in student.image_encoder.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in student.image_encoder.parameters()):
         raise ValueError("the student's image encoder has no trainable parameter")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    log = None
-    if config.output_dir is not None:
-        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        log = CsvLog(Path(config.output_dir) / "distill_log.csv", LOG_COLUMNS, append=False)
-    start, step, losses, epochs = time.perf_counter(), 0, [], 0
-    done = False
-    for epoch in range(config.epochs):
-        torch.manual_seed(epoch_seed(config.seed, epoch))
-        loader = epoch_loader(data, epoch, config.batch_size, config.num_workers, config.seed)
-        student.train()
-        epoch_losses = []
-        for batch in tqdm(loader, desc=f"distill {epoch}", disable=not config.progress, leave=False):
-            batch = to_device(batch, device)
-            with torch.no_grad():
-                target = teacher.encode(batch[config.teacher_key])
-            pred = student.encode(batch[config.student_key])
-            if pred.shape != target.shape:
-                raise ValueError(f"student embedding {tuple(pred.shape)} and teacher embedding "
-                                 f"{tuple(target.shape)} differ; distillation needs the same grid")
-            loss = F.mse_loss(pred, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_losses.append(float(loss.detach()))
-            step += 1
-            done = (config.max_steps is not None and step >= config.max_steps) or (
-                config.max_seconds is not None and time.perf_counter() - start >= config.max_seconds)
-            if done:
-                break
-        losses += epoch_losses
-        epochs += 1
-        if log is not None:
-            log.write(dict(epoch=epoch, step=step, loss=float(np.mean(epoch_losses)) if epoch_losses else math.nan,
-                           lr=optimizer.param_groups[0]["lr"], seconds=round(time.perf_counter() - start, 3)))
-        if done:
-            break
-    student.eval()
-    if config.copy_heads:
-        copy_heads(student, teacher)
-    if config.output_dir is not None:
-        save_model(student, config.output_dir)
-    return DistillResult(step, epochs, time.perf_counter() - start, losses)
+    cache = None
+    if config.teacher_cache:
+        if getattr(data, "augment", False):
+            warnings.warn("teacher cache bypassed: the dataset augments (flips change the image); "
+                          "build it with augment=False to use the cache", stacklevel=2)
+        else:
+            cache = TeacherCache(config.teacher_cache, teacher)
+    task = DistillTask(student, teacher, cache, config.student_key, config.teacher_key, config.copy_heads)
+    return train(task, data, config, sampler=sampler, after_step=after_step, run_info=run_info)

@@ -9,7 +9,7 @@ import torch
 from scipy.stats import chi2
 from torch.utils.data import DataLoader, Dataset
 
-from medsamlite.data.samplers import ModalityBalancedSampler, modality_probabilities
+from medsamlite.data.samplers import ModalityBalancedSampler, ShuffleSampler, modality_probabilities
 
 COUNTS = {"CT": 50, "MR": 30, "US": 10, "XRay": 6, "PET": 4}
 MODALITIES = [m for m, n in COUNTS.items() for _ in range(n)]
@@ -118,3 +118,34 @@ def test_same_indices_with_several_workers_and_counts_kept_in_main_process():
     drawn = np.array(expected)
     for m, share in sampler.realised_proportions().items():
         assert share == pytest.approx(np.mean([MODALITIES[i] == m for i in drawn]))
+
+
+@pytest.mark.parametrize("make", [lambda **kw: ModalityBalancedSampler(MODALITIES, temperature=2.0, num_samples=99,
+                                                                       seed=4, **kw),
+                                  lambda **kw: ShuffleSampler(99, seed=4, **kw)])
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_are_disjoint_and_make_up_the_single_process_stream(make, world):
+    single = make()
+    for epoch in (0, 1):
+        stream = single.indices(epoch)
+        shards = [make(rank=r, world_size=world).indices(epoch) for r in range(world)]
+        assert len({len(s) for s in shards}) == 1  # every rank runs the same number of batches
+        n = len(shards[0]) * world
+        interleaved = np.stack(shards, axis=1).reshape(-1)  # position p of the stream went to rank p % world
+        assert np.array_equal(interleaved, stream[:n]) and len(stream) - n < world
+    assert list(make(rank=1, world_size=world)) == make(rank=1, world_size=world).indices(0).tolist()
+
+
+def test_resumes_mid_epoch_from_its_state():
+    sampler = ShuffleSampler(20, seed=2, rank=1, world_size=2)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    assert len(full) == 10 and sampler.state_dict() == {"seed": 2, "epoch": 4, "start": 0}
+    sampler.set_epoch(3, start=4)
+    assert len(sampler) == 6
+    state = sampler.state_dict()
+    fresh = ShuffleSampler(20, seed=2, rank=1, world_size=2)
+    fresh.load_state_dict(state)
+    assert list(fresh) == full[4:]
+    with pytest.raises(ValueError, match="seed"):
+        ShuffleSampler(20, seed=3).load_state_dict(state)

@@ -1,8 +1,10 @@
-"""End-to-end training on tiny synthetic cases: fine-tuning learns, resume replays, distillation copies heads."""
+"""The one training loop on tiny models: fine-tuning learns, a stopped and resumed run equals an uninterrupted one
+(finetune, distill, daft), K targets per image, accumulation, precision, checkpoints, logs, the teacher cache."""
 from __future__ import annotations
 
 import csv
-import math
+from contextlib import nullcontext
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,179 +12,292 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import REPO
-from medsamlite import registry
-from medsamlite.factory import load_model
-from medsamlite.config import ModelConfig
-from medsamlite.data.datasets import NpzImageDataset, NpzSliceDataset, case_files, split_cases
+from medsamlite.data.datasets import NpzImageDataset, NpzSliceDataset, case_files, mask_to_frame, read_image, \
+    read_labels, split_cases
 from medsamlite.data.samplers import ModalityBalancedSampler
-from medsamlite.models.common import LayerNorm2d
-from medsamlite.factory import build_model
-from medsamlite.registry import EncoderSpec
+from medsamlite.factory import build_model, load_model
+from medsamlite.runtime.modality import case_stem
+from medsamlite.runtime.preprocess import preprocess_image, scale_boxes
+from medsamlite.training import state
 from medsamlite.training.distill import DistillConfig, distill
-from medsamlite.training.finetune import FinetuneConfig, evaluate, finetune
+from medsamlite.training.finetune import BoxForward, FinetuneConfig, FinetuneTask, evaluate, finetune
 from medsamlite.training.losses import get_loss
+import tiny
 
-GRID, DIM = 16, 64  # embedding grid and width of the tiny test models (low-res masks 64 x 64)
-
-
-def tiny_encoder(input_size: int = 64, width: int = 16) -> nn.Module:
-    """Two stride-2 convs, pooled to the 16 x 16 grid: a trainable stand-in cheap enough for CI."""
-    return nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.GELU(), nn.Conv2d(width, 2 * width, 3, 2, 1), nn.GELU(),
-                         nn.AdaptiveAvgPool2d(GRID), nn.Conv2d(2 * width, DIM, 1), LayerNorm2d(DIM))
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture()
-def tiny_config(monkeypatch) -> ModelConfig:
-    """A SamLite config on a test-only encoder, registered for this test only."""
-    monkeypatch.setitem(registry._ENCODERS, "tiny_cnn_test", EncoderSpec("tiny_cnn_test", tiny_encoder))
-    return ModelConfig(name="tiny_test", encoder="tiny_cnn_test", input_size=64, embed_size=GRID, embed_dim=DIM)
-
-
-def write_cases(root: Path, n: int, seed: int = 0, size: int = 64) -> Path:
-    """2D cases in the task layout: one or two bright ellipses (labels 1, 2) on a noisy background."""
-    rng = np.random.default_rng(seed)
-    (root / "imgs").mkdir(parents=True)
-    (root / "gts").mkdir()
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        image = rng.normal(60, 20, size=(size, size)).clip(0, 255)
-        gts = np.zeros((size, size), np.uint8)
-        for label in range(1, 1 + rng.integers(1, 3)):
-            cy, cx = rng.integers(14, size - 14, size=2)
-            ry, rx = rng.integers(5, 12, size=2)
-            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-            gts[inside & (gts == 0)] = label
-            image[inside] += rng.uniform(80, 140)
-        image = np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
-        name = f"2DBox_{('Endoscopy', 'Dermoscopy')[i % 2]}_{i:04d}.npz"
-        np.savez_compressed(root / "imgs" / name, imgs=image, boxes=np.zeros((0, 4)), spacing=np.ones(2))
-        np.savez_compressed(root / "gts" / name, gts=gts)
-    return root
+@pytest.fixture(autouse=True)
+def tiny_encoder(monkeypatch):
+    monkeypatch.setitem(tiny.registry._ENCODERS, tiny.ENCODER, tiny.SPEC)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory) -> Path:
-    return write_cases(tmp_path_factory.mktemp("cases"), 24)
+    return tiny.write_cases(tmp_path_factory.mktemp("cases"), 16)
 
 
-def datasets(case_dir: Path, config: ModelConfig):
+def model(seed: int = 0, **changes):
+    torch.manual_seed(seed)
+    return build_model(tiny.CONFIG.replace(**changes))
+
+
+def datasets(case_dir: Path):
     train_files, val_files = split_cases(case_files(case_dir), val_fraction=0.25, seed=0)
-    return (NpzSliceDataset(train_files, config, seed=1),
-            NpzSliceDataset(val_files, config, augment=False, seed=2))
+    return (NpzSliceDataset(train_files, tiny.CONFIG, seed=1),
+            NpzSliceDataset(val_files, tiny.CONFIG, augment=False, seed=2))
 
 
-def test_finetune_lowers_val_loss_and_raises_dsc(tmp_path, tiny_config, case_dir):
-    torch.manual_seed(0)
-    model = build_model(tiny_config)
-    train, val = datasets(case_dir, tiny_config)
-    assert train[0]["mask"].shape == (1, 64, 64)
+class KTargets(NpzSliceDataset):
+    """Items with K targets as the data contract gives them (the data branch's datasets after the merge)."""
+
+    def __init__(self, cases, config, k: int = 3, **kwargs) -> None:
+        self.k = k
+        super().__init__(cases, config, augment=False, **kwargs)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[self.entries[index].case]
+        image = read_image(path)
+        gts = read_labels(path, image.shape)
+        x, _ = preprocess_image(image, self.input_size, self.normalization)
+        k, m = self.k, self.mask_size
+        boxes, masks = np.zeros((k, 4), np.float32), np.zeros((k, 1, m, m), np.float32)
+        valid, labels = np.zeros(k, bool), np.zeros(k, np.int64)
+        for j, label in enumerate(np.unique(gts[gts > 0])[:k]):
+            mask = gts == label
+            ys, xs = np.nonzero(mask)
+            boxes[j] = scale_boxes(np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], float), mask.shape,
+                                   self.input_size)[0]
+            masks[j, 0] = mask_to_frame(mask, self.input_size, m)
+            valid[j], labels[j] = True, label
+        return {"image": torch.from_numpy(x[0]), "boxes": torch.from_numpy(boxes), "masks": torch.from_numpy(masks),
+                "valid": torch.from_numpy(valid), "labels": torch.from_numpy(labels),
+                "modality": self.case_modalities[self.entries[index].case], "case": case_stem(path), "slice": -1}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def stop_at(call: int):
+    """An after_step hook that kills the run at its `call`-th optimiser step (after the step, before its save)."""
+    calls = []
+
+    def hook(model, optimizer):
+        calls.append(1)
+        if len(calls) == call:
+            raise Interrupt
+    return hook
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-6) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=atol, msg=name)
+
+
+def test_finetune_learns_and_writes_its_outputs(tmp_path, case_dir):
+    net = model()
+    train, val = datasets(case_dir)
     loss_fn = get_loss("litemedsam")
-    before_loss, before_dsc = evaluate(model, val, loss_fn)
-    sampler = ModalityBalancedSampler(train.modalities, probabilities={"Endoscopy": 0.5}, num_samples=40, seed=0)
-    config = FinetuneConfig(output_dir=str(tmp_path / "run"), epochs=20, batch_size=4, lr=2e-3,
-                            early_stopping_patience=None, progress=False)
-    result = finetune(model, train, val, config, sampler=sampler)
-    assert result.steps == 200 and result.epochs == 20 and not result.stopped_early
-    assert result.best_val_loss < 0.6 * before_loss
+    before_loss, before_dsc = evaluate(net, val, loss_fn)
+    sampler = ModalityBalancedSampler(train.modalities, probabilities={"Endoscopy": 0.5}, num_samples=24, seed=0)
+    config = FinetuneConfig(output_dir=str(tmp_path / "run"), epochs=8, batch_size=4, lr=3e-3, warmup_steps=4,
+                            save_every=20, keep=2, early_stopping_patience=None, progress=False)
+    result = finetune(net, train, val, config, sampler=sampler)
+    assert result.steps == 48 and result.epochs == 8 and not result.stopped_early
+    assert result.best_val_loss < 0.8 * before_loss
     best = load_model(tmp_path / "run" / "best")
-    best_loss, best_dsc = evaluate(best, val, loss_fn)
-    assert best_loss == pytest.approx(result.best_val_loss, rel=1e-5)
-    assert best_dsc > before_dsc + 0.3 and best_dsc > 0.6
-    # the prompt encoder is frozen by default
-    assert torch.equal(best.prompt_encoder.point_embeddings[0].weight, model.prompt_encoder.point_embeddings[0].weight)
+    assert evaluate(best, val, loss_fn)[0] == pytest.approx(result.best_val_loss, rel=1e-5)
+    assert load_model(tmp_path / "run" / "model").config == net.config
+    torch.manual_seed(0)  # the prompt encoder is frozen by default
+    assert torch.equal(best.prompt_encoder.point_embeddings[0].weight, model().prompt_encoder.point_embeddings[0].weight)
+    assert [p.name for p in state.list_checkpoints(tmp_path / "run")] == ["step-00000040", "step-00000048"]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no staging folder left
     with (tmp_path / "run" / "log.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == list(range(20)) and int(rows[-1]["step"]) == 200
-    assert set(rows[0]) == {"epoch", "step", "train_loss", "val_loss", "val_dsc", "lr", "seconds"}
-    assert float(rows[-1]["val_dsc"]) > before_dsc
-    assert sampler.realised_proportions()["Endoscopy"] == pytest.approx(0.5, abs=0.1)
+    train_rows = [r for r in rows if r["phase"] == "train"]
+    assert [int(r["step"]) for r in train_rows] == list(range(1, 49))
+    assert all(float(r["images_per_s"]) > 0 and float(r["masks_per_s"]) > 0 for r in train_rows)
+    lrs = [float(r["lr"]) for r in train_rows]  # warmup then cosine
+    assert lrs[:4] == pytest.approx([3e-3 * s / 4 for s in (1, 2, 3, 4)]) and lrs[-1] < 1e-4
+    assert [int(r["epoch"]) for r in rows if r["phase"] == "epoch"] == list(range(8))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["world_size"] == 1 and run["precision"] == "f32" and run["seed"] == 0 and run["steps"] == 48
+    assert len(run["rank_digests"]) == 1
+    assert sampler.realised_proportions()["Endoscopy"] == pytest.approx(0.5, abs=0.15)
 
 
-def test_resume_replays_the_uninterrupted_run(tmp_path, tiny_config, case_dir):
-    train, val = datasets(case_dir, tiny_config)
-    common = dict(batch_size=4, lr=1e-3, progress=False, freeze=("prompt_encoder", "image_encoder"))
+def test_finetune_resume_equals_the_uninterrupted_run(tmp_path, case_dir):
+    train, val = datasets(case_dir)
+    common = dict(epochs=3, batch_size=4, lr=2e-3, warmup_steps=2, save_every=2, progress=False,
+                  grad_clip=1.0, freeze=("prompt_encoder", "image_encoder"))
 
-    def run(out: str, epochs: int, resume: str | None = None, calls: list | None = None):
-        torch.manual_seed(0)
-        model = build_model(tiny_config)
-        hook = None if calls is None else (lambda m, opt: calls.append(opt.param_groups[0]["lr"]))
-        config = FinetuneConfig(output_dir=str(tmp_path / out), epochs=epochs, resume=resume, **common)
-        return model, finetune(model, train, val, config, after_step=hook)
-
-    calls: list = []
-    full_model, full = run("full", 4, calls=calls)
-    assert len(calls) == full.steps == 4 * math.ceil(len(train) / 4)
-    run("split", 2)
-    resumed_model, resumed = run("split", 4, resume=str(tmp_path / "split"))
-    assert resumed.steps == full.steps and len(resumed.history) == 4
-    for a, b in zip(full.history, resumed.history):
-        assert a["step"] == b["step"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
-    for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    full_model = model()
+    full = finetune(full_model, train, val, FinetuneConfig(output_dir=str(tmp_path / "full"), **common))
+    with pytest.raises(Interrupt):  # killed at step 5, after the checkpoint of step 4: mid-epoch
+        finetune(model(), train, val, FinetuneConfig(output_dir=str(tmp_path / "split"), **common),
+                 after_step=stop_at(5))
+    assert state.find_checkpoint(tmp_path / "split").name == "step-00000004"
+    resumed_model = model(seed=1)  # every weight comes from the checkpoint
+    resumed = finetune(resumed_model, train, val,
+                       FinetuneConfig(output_dir=str(tmp_path / "split"), resume=str(tmp_path / "split"), **common))
+    assert resumed.steps == full.steps == 9
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=0, atol=1e-6)
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx([h["val_loss"] for h in full.history], abs=1e-6)
+    assert_same_weights(full_model, resumed_model)
     with (tmp_path / "split" / "log.csv").open() as f:
-        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
-    # frozen parts did not move
-    torch.manual_seed(0)
-    fresh = build_model(tiny_config)
-    for a, b in zip(fresh.image_encoder.parameters(), full_model.image_encoder.parameters()):
-        assert torch.equal(a, b)
+        assert [int(r["step"]) for r in csv.DictReader(f) if r["phase"] == "train"] == list(range(1, 10))
 
 
-def test_finetune_rejects_bad_settings(tmp_path, tiny_config, case_dir):
-    model = build_model(tiny_config)
-    train, _ = datasets(case_dir, tiny_config)
-    with pytest.raises(ValueError, match="match no parameter"):
-        finetune(model, train, None, FinetuneConfig(output_dir=str(tmp_path), freeze=("encoder",), progress=False))
-    with pytest.raises(ValueError, match="box-prompted"):
-        finetune(model, train, None, FinetuneConfig(output_dir=str(tmp_path), loss="partial_bce", progress=False))
-    with pytest.raises(FileNotFoundError, match="no training state"):
-        finetune(model, train, None, FinetuneConfig(output_dir=str(tmp_path), resume=str(tmp_path / "nope"),
-                                                    progress=False))
-
-
-def test_early_stopping_without_improvement(tmp_path, tiny_config, case_dir):
-    model = build_model(tiny_config)
-    train, val = datasets(case_dir, tiny_config)
-    config = FinetuneConfig(output_dir=str(tmp_path), epochs=10, lr=0.0, early_stopping_patience=2,
-                            max_steps=30, progress=False)
-    result = finetune(model, train, val, config)  # lr 0: the validation loss never improves after epoch 0
-    assert result.stopped_early and result.epochs == 3 and result.best_epoch == 0
-
-
-def test_distill_learns_teacher_embeddings_and_copies_heads(tmp_path, tiny_config, case_dir):
-    torch.manual_seed(0)
-    teacher = build_model(tiny_config.replace(name="teacher", input_size=128, normalization="imagenet"))
-    student = build_model(tiny_config)
-    data = NpzImageDataset(case_dir, {"student": student.config, "teacher": teacher.config})
-    item = data[0]
-    assert item["student"].shape == (3, 64, 64) and item["teacher"].shape == (3, 128, 128)
-
-    def gap() -> float:
-        with torch.no_grad():
-            batch = torch.utils.data.default_collate([data[i] for i in range(8)])
-            pred, target = student.encode(batch["student"]), teacher.encode(batch["teacher"])
-            return float(torch.nn.functional.mse_loss(pred, target))
-
-    before = gap()
+def test_distill_resume_equals_the_uninterrupted_run_and_copies_heads(tmp_path, case_dir):
+    teacher = model(seed=5, input_size=128, normalization="imagenet")
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    result = distill(student, teacher, data, DistillConfig(output_dir=str(tmp_path / "student"), epochs=30,
-                                                           max_steps=60, lr=3e-3, progress=False))
-    assert result.steps == 60 and len(result.losses) == 60
-    assert gap() < 0.5 * before
-    assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+
+    def run(out: str, **extra):
+        student = model()
+        data = NpzImageDataset(case_dir, {"student": student.config, "teacher": teacher.config}, seed=3)
+        config = DistillConfig(output_dir=str(tmp_path / out), epochs=2, batch_size=4, lr=3e-3, save_every=3,
+                               progress=False, **{k: v for k, v in extra.items() if k != "after_step"})
+        return student, distill(student, teacher, data, config, after_step=extra.get("after_step"))
+
+    full_student, full = run("full")
+    assert full.steps == 8 and full.losses[-1] < full.losses[0]
+    with pytest.raises(Interrupt):
+        run("split", after_step=stop_at(5))
+    resumed_student, resumed = run("split", resume=str(tmp_path / "split"))
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=0, atol=1e-6)
+    assert_same_weights(full_student, resumed_student)
     for k, v in teacher.state_dict().items():  # the teacher is untouched
         assert torch.equal(v, teacher_state[k])
     for part in ("prompt_encoder", "mask_decoder"):
-        for (k, a), b in zip(getattr(student, part).state_dict().items(), getattr(teacher, part).state_dict().values()):
+        for (k, a), b in zip(getattr(resumed_student, part).state_dict().items(),
+                             getattr(teacher, part).state_dict().values()):
             assert torch.equal(a, b), k
-    saved = load_model(tmp_path / "student")
-    assert saved.config.input_size == 64
-    assert (tmp_path / "student" / "distill_log.csv").exists()
+    assert load_model(tmp_path / "split").config.input_size == 64
+
+
+def test_daft_resume_equals_the_uninterrupted_run(tmp_path, case_dir):
+    from medsamlite import adapters
+    from medsamlite.runtime.router import Router, parse_groups
+    from medsamlite.training.daft import DaftSettings, train_daft
+
+    router = Router(parse_groups("Endoscopy;Dermoscopy"))
+    settings = DaftSettings("lora", {"r": 2, "alpha": 4})
+
+    def run(out: str, resume: bool = False, after_step=None):
+        config = FinetuneConfig(output_dir=str(tmp_path / out), epochs=1, max_steps=3, batch_size=2, lr=1e-2,
+                                save_every=1, progress=False, resume="yes" if resume else None)
+        return train_daft(model(), case_files(case_dir), router, settings, config, after_step=after_step)
+
+    full, full_results = run("full")
+    with pytest.raises(Interrupt):  # in the first group's third step
+        run("split", after_step=stop_at(3))
+    resumed, results = run("split", resume=True)
+    for group in ("Endoscopy", "Dermoscopy"):
+        assert results[group]["steps"] == full_results[group]["steps"] == 3
+        a, b = adapters.adapter_state_dict(full.base, group), adapters.adapter_state_dict(resumed.base, group)
+        assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_k_targets_one_encoder_pass_one_decoder_call_loss_over_valid_masks(case_dir):
+    net = model()
+    data = KTargets(case_dir, net.config, k=3)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    valid = batch["valid"]
+    assert valid.sum() < valid.numel() and valid[:, 0].all()  # some images have fewer than 3 labels
+    calls = {"encode": [], "decode": []}
+    net.image_encoder.register_forward_hook(lambda m, i, o: calls["encode"].append(len(i[0])))
+    net.mask_decoder.register_forward_hook(lambda m, i, o: calls["decode"].append(len(o[0])))
+    task = FinetuneTask(net, get_loss("litemedsam"))
+    loss, images, masks = task.step(task.module(), batch)
+    assert calls == {"encode": [4], "decode": [int(valid.sum())]} and (images, masks) == (4, int(valid.sum()))
+    # the same loss as every valid box decoded on its own image
+    logits, ious, targets = [], [], []
+    with torch.no_grad():
+        for i, j in valid.nonzero().tolist():
+            lo, iou = net(batch["image"][i:i + 1], batch["boxes"][i, j:j + 1])
+            logits.append(lo), ious.append(iou), targets.append(batch["masks"][i, j:j + 1])
+    expected = get_loss("litemedsam")(torch.cat(logits), torch.cat(targets), torch.cat(ious))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_k_targets_train_and_validate(tmp_path, case_dir):
+    data = KTargets(case_dir, tiny.CONFIG, k=3)
+    result = finetune(model(), data, data, FinetuneConfig(output_dir=str(tmp_path), epochs=2, batch_size=4, lr=3e-3,
+                                                          progress=False))
+    assert result.steps == 8 and np.isfinite(result.best_val_loss)
+    with (tmp_path / "log.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert float(row["masks_per_s"]) > float(row["images_per_s"])
+
+
+def test_grad_accumulation_equals_the_larger_batch(tmp_path, case_dir):
+    data = KTargets(case_dir, tiny.CONFIG, k=1)  # one valid mask per image: batch means are comparable
+    common = dict(max_steps=4, lr=1e-4, progress=False, freeze=tiny.decoder_only(model()))
+    big, small = model(), model()
+    a = finetune(big, data, None, FinetuneConfig(output_dir=str(tmp_path / "a"), batch_size=4, **common))
+    b = finetune(small, data, None, FinetuneConfig(output_dir=str(tmp_path / "b"), batch_size=2, grad_accum=2,
+                                                   **common))
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
+    assert_same_weights(big, small, atol=1e-5)
+
+
+def test_bf16_trains_on_cpu_and_fp16_needs_cuda(tmp_path, case_dir):
+    data = KTargets(case_dir, tiny.CONFIG, k=2)
+    result = finetune(model(), data, None, FinetuneConfig(output_dir=str(tmp_path / "bf16"), max_steps=2,
+                                                          precision="bf16", progress=False))
+    assert result.steps == 2 and np.isfinite(result.losses).all()
+    assert json.loads((tmp_path / "bf16" / "run.json").read_text())["precision"] == "bf16"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+            finetune(model(), data, None, FinetuneConfig(output_dir=str(tmp_path / "fp16"), precision="fp16"))
+
+
+def test_teacher_cache_is_reused_and_bypassed_when_augmenting(tmp_path, case_dir):
+    teacher = model(seed=5, input_size=128)
+    cache = tmp_path / "cache"
+
+    def run(out: str, augment: bool = False):
+        student = model()
+        data = NpzImageDataset(case_dir, {"student": student.config, "teacher": teacher.config}, augment=augment)
+        config = DistillConfig(output_dir=str(tmp_path / out), epochs=2, batch_size=4, lr=1e-3,
+                               teacher_cache=str(cache), progress=False)
+        return distill(student, teacher, data, config)
+
+    first = run("a")
+    files = sorted(cache.rglob("*.npy"))
+    assert len(files) == 16 and np.load(files[0]).dtype == np.float16
+    assert files[0].parent.parent.name.startswith("tiny_test-128-minmax-")
+    stamps = [f.stat().st_mtime_ns for f in files]
+    second = run("b")  # every embedding read from the cache, none rewritten; the same targets
+    assert [f.stat().st_mtime_ns for f in sorted(cache.rglob("*.npy"))] == stamps
+    np.testing.assert_allclose(second.losses, first.losses, rtol=1e-6)
+    with pytest.warns(UserWarning, match="teacher cache bypassed"):
+        run("c", augment=True)
+
+
+def test_bad_settings_fail_with_one_line(tmp_path, case_dir):
+    train, _ = datasets(case_dir)
+    with pytest.raises(ValueError, match="match no parameter"):
+        finetune(model(), train, None, FinetuneConfig(output_dir=str(tmp_path), freeze=("encoder",), progress=False))
+    with pytest.raises(ValueError, match="box-prompted"):
+        finetune(model(), train, None, FinetuneConfig(output_dir=str(tmp_path), loss="partial_bce", progress=False))
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        finetune(model(), train, None, FinetuneConfig(output_dir=str(tmp_path), resume=str(tmp_path / "nope"),
+                                                      progress=False))
+
+
+def test_early_stopping_without_improvement(tmp_path, case_dir):
+    train, val = datasets(case_dir)
+    config = FinetuneConfig(output_dir=str(tmp_path), epochs=10, lr=0.0, early_stopping_patience=2, max_steps=30,
+                            progress=False)
+    result = finetune(model(), train, val, config)  # lr 0: the validation loss never improves after epoch 0
+    assert result.stopped_early and result.epochs == 3 and result.best_epoch == 0
 
 
 def test_cli_parser_imports_no_torch():
@@ -191,32 +306,32 @@ def test_cli_parser_imports_no_torch():
             "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
             "a = p.parse_args(['finetune', 'DATA', '--modality-probabilities', 'CT=0.4', 'MR=0.1'])\n"
             "assert cli._probabilities(a.modality_probabilities) == {'CT': 0.4, 'MR': 0.1}\n"
-            "assert p.parse_args(['daft', 'DATA', '--method', 'arena']).method == 'arena'\n"
+            "assert a.targets_per_image == 5 and a.precision == 'f32'\n"
+            "assert p.parse_args(['daft', 'DATA', '--method', 'arena', '--resume', 'x']).method == 'arena'\n"
             "print('torch' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
 
-def test_cli_finetune_and_distill(tmp_path, tiny_config, case_dir, capsys):
+def test_cli_finetune_resume_and_distill(tmp_path, case_dir, capsys):
     from medsamlite.checkpoints import save_model
     from medsamlite.cli import main
 
-    torch.manual_seed(0)
-    save_model(build_model(tiny_config), tmp_path / "tiny")
-    save_model(build_model(tiny_config.replace(input_size=128)), tmp_path / "teacher")
-    assert main(["train", "finetune", str(case_dir), "--model", str(tmp_path / "tiny"), "--output",
-                 str(tmp_path / "ft"), "--epochs", "2", "--lr", "1e-3", "--no-progress", "--samples-per-epoch", "8",
-                 "--modality-probabilities", "Endoscopy=0.75"]) == 0
-    assert "2 epochs, 4 steps" in capsys.readouterr().out
+    save_model(model(), tmp_path / "tiny")
+    save_model(model(input_size=128), tmp_path / "teacher")
+    common = ["--model", str(tmp_path / "tiny"), "--output", str(tmp_path / "ft"), "--lr", "1e-3", "--no-progress",
+              "--samples-per-epoch", "8", "--targets-per-image", "0", "--save-every", "2"]
+    assert main(["train", "finetune", str(case_dir), *common, "--epochs", "2", "--modality-probabilities",
+                 "Endoscopy=0.75"]) == 0
+    assert "2 epochs, 4 steps on 1 process(es)" in capsys.readouterr().out
     assert load_model(tmp_path / "ft" / "best").config.input_size == 64
-    assert main(["train", "finetune", str(case_dir), "--model", str(tmp_path / "tiny"), "--output",
-                 str(tmp_path / "ft"), "--epochs", "3", "--no-progress", "--samples-per-epoch", "8",
-                 "--resume", str(tmp_path / "ft")]) == 0
+    assert main(["train", "finetune", str(case_dir), *common, "--epochs", "3", "--resume", str(tmp_path / "ft")]) == 0
     assert "3 epochs, 6 steps" in capsys.readouterr().out
     assert main(["train", "distill", str(case_dir), "--student", str(tmp_path / "tiny"), "--teacher",
-                 str(tmp_path / "teacher"), "--output", str(tmp_path / "st"), "--max-steps", "3",
-                 "--no-progress"]) == 0
+                 str(tmp_path / "teacher"), "--output", str(tmp_path / "st"), "--max-steps", "3", "--no-progress",
+                 "--teacher-cache", str(tmp_path / "cache")]) == 0
     assert "3 steps" in capsys.readouterr().out
-    assert load_model(tmp_path / "st").config.input_size == 64
+    assert load_model(tmp_path / "st").config.input_size == 64 and list((tmp_path / "cache").rglob("*.npy"))
+    with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU") if not torch.cuda.is_available() else nullcontext():
+        main(["train", "finetune", str(case_dir), *common, "--precision", "fp16", "--max-steps", "1"])

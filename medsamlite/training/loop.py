@@ -1,0 +1,403 @@
+"""The one training loop (finetune, distill, daft) on Hugging Face Accelerate; a `Task` says what a step computes.
+
+One process (`medsamlite train ...`) or N (`accelerate launch`, `torchrun`: gloo on CPU, NCCL on CUDA):
+`Accelerator.prepare` wraps the task's module in DDP, every rank reads its shard of one seeded stream
+(`data.samplers`), rank 0 alone writes logs, checkpoints, `run.json` and models. Mixed precision
+(`bf16` autocast; `fp16` with loss scaling on CUDA), gradient accumulation, clipping, warmup + cosine.
+
+Determinism: each epoch seeds torch's RNG from (seed, epoch, rank), the sampler from (seed, epoch) and
+the dataset's augmentation from (seed, epoch, item); a checkpoint stores the step, the position in
+the epoch and every rank's RNG, so a run stopped and resumed repeats the uninterrupted run exactly.
+At the end every rank's parameter digest is gathered into `run.json` (`rank_digests`); ranks that
+diverged fail the run.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..constants import TRAIN_PRECISIONS
+from ..data.samplers import ShuffleSampler, StreamSampler
+from . import state as ckpt
+from .config import TrainConfig
+from .frozen import train_mode
+
+LOG_FILE, RUN_FILE = "log.csv", "run.json"
+LOG_COLUMNS = ("phase", "epoch", "step", "loss", "lr", "images_per_s", "masks_per_s", "val_loss", "val_dsc",
+               "seconds")
+
+
+class Task:
+    """What one training step computes; the loop owns everything else. Subclasses set `name` and `model`."""
+
+    name = "task"
+    model: nn.Module  # what is checkpointed and digested
+
+    def module(self) -> nn.Module:
+        """The module DDP wraps: its forward is what `step` calls (its trainable parameters are trained)."""
+        return self.model
+
+    def to(self, device: torch.device) -> None:
+        """Move what the loop does not prepare (e.g. a teacher) to the training device."""
+
+    def train_mode(self) -> None:
+        """The model in training mode, its frozen modules (BatchNorm statistics, dropout) in eval mode."""
+        train_mode(self.model)
+
+    def step(self, module: nn.Module, batch: dict) -> tuple[torch.Tensor, int, int]:
+        """(loss, images, masks) of one micro-batch, computed through `module`."""
+        raise NotImplementedError
+
+    def evaluate(self, data: Dataset, config: TrainConfig, device: torch.device) -> tuple[float, float]:
+        """(validation loss, DSC); only tasks that validate implement it."""
+        raise NotImplementedError(f"{self.name} has no validation")
+
+    def save_best(self, directory: Path) -> None:
+        """Write the model with the best validation loss so far."""
+
+    def finish(self, output_dir: Path, main: bool) -> None:
+        """After the last step (every rank; `main` writes)."""
+
+
+@dataclass
+class TrainResult:
+    """What a run did: `losses` per optimiser step (mean over ranks), `history` one row per epoch."""
+
+    output_dir: Path
+    steps: int
+    epochs: int
+    seconds: float
+    losses: list[float]
+    history: list[dict[str, float]]
+    best_val_loss: float
+    best_epoch: int | None
+    stopped_early: bool
+    world_size: int
+    rank: int = 0  # this process's (only rank 0 writes)
+
+
+@dataclass
+class _Progress:
+    """Everything a checkpoint restores besides the torch objects."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # micro-batches of `epoch` done by this rank
+    accel_step: int = 0
+    losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: float = math.inf
+    best_epoch: int | None = None
+    since_best: int = 0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed for (seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors of a collated batch moved to `device`; other entries (names, modalities) as they are."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def set_epoch(obj: Any, epoch: int) -> None:
+    """Call `obj.set_epoch(epoch)` where it exists (a dataset's augmentation)."""
+    if callable(getattr(obj, "set_epoch", None)):
+        obj.set_epoch(epoch)
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor at step s: linear warmup to 1, then a cosine to `min_ratio` at step `total`."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def weights_digest(model: nn.Module, buffers: bool = True) -> str:
+    """sha256 of a module's state (names and bytes; parameters only with `buffers=False`)."""
+    h = hashlib.sha256()
+    tensors = model.state_dict() if buffers else dict(model.named_parameters())
+    for name, tensor in sorted(tensors.items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_settings(precision: str, device: str) -> bool:
+    """Raise a one-line ValueError for a precision or device this machine cannot train with; True: on CPU."""
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"precision {precision!r}; expected one of {TRAIN_PRECISIONS}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {device!r}; expected auto, cpu or cuda (the launcher picks each process's GPU)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: no CUDA GPU is visible")
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    if precision == "fp16" and cpu:
+        raise ValueError("precision fp16 needs a CUDA GPU (loss scaling); use bf16 or f32 on CPU")
+    return cpu
+
+
+def make_accelerator(config: TrainConfig, output_dir: Path):
+    """An `Accelerator` for `config` (precision, accumulation, device); TensorBoard when installed."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import is_tensorboard_available
+
+    cpu = check_settings(config.precision, config.device)
+    if config.grad_accum < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {config.grad_accum}")
+    # one process may run several trainings (daft's groups, tests): the settings are per run
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    return Accelerator(mixed_precision="no" if config.precision == "f32" else config.precision,
+                       gradient_accumulation_steps=config.grad_accum, cpu=cpu,
+                       log_with="tensorboard" if is_tensorboard_available() else None, project_dir=str(output_dir))
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """JSON written to a temporary name, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """Rows appended to a CSV file; on resume, rows after the checkpoint's step are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        rows = []
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step
+                        or (int(r["step"]) == resume_step and r["phase"] == "train")]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, LOG_COLUMNS).writerow({c: row.get(c, "") for c in LOG_COLUMNS})
+
+
+def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset | None = None,
+          sampler: StreamSampler | None = None, after_step: Callable[[nn.Module, Any], None] | None = None,
+          run_info: dict[str, Any] | None = None) -> TrainResult:
+    """Train `task` on `data` (shuffled, or drawn by `sampler`); see the module docstring.
+
+    `val_data` is evaluated at each epoch's end (rank 0; the result is broadcast): the best model
+    is saved by the task and early stopping (`early_stopping_patience`) applies. `after_step(model,
+    optimizer)` runs after every optimiser step (ARENA's proximal step). `run_info` goes into run.json.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    out = Path(config.output_dir)
+    accelerator = make_accelerator(config, out)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    sampler = (sampler or ShuffleSampler(len(data), config.seed)).shard(rank, world)
+    micro_per_epoch = math.ceil(sampler.stream_length() // world / config.batch_size)
+    total = config.max_steps or max(1, config.epochs * micro_per_epoch // config.grad_accum)
+    module = task.module()
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{task.name}: no trainable parameters (every parameter has requires_grad=False)")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    module, optimizer = accelerator.prepare(module, optimizer)
+    task.to(accelerator.device)
+    # stepped here, once per optimiser step (accelerate's wrapper steps it once per process)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer,
+                                                  warmup_cosine(config.warmup_steps, total, config.min_lr_ratio))
+    progress, rng = _Progress(), None
+    if config.resume:
+        progress, rng = _restore(ckpt.find_checkpoint(config.resume), task, optimizer, scheduler, accelerator)
+    if main:
+        info = {"mode": task.name, "world_size": world, "precision": config.precision, "seed": config.seed,
+                "device": str(accelerator.device), "distributed": str(accelerator.distributed_type),
+                "total_steps": total, "config": dataclasses.asdict(config), "args": run_info or {},
+                "torch": torch.__version__}
+        write_json(out / RUN_FILE, info)
+    accelerator.init_trackers("tensorboard")
+    log = CsvLog(out / LOG_FILE, progress.step if config.resume else None) if main else None
+    accelerator.step = progress.accel_step
+    patience = getattr(config, "early_stopping_patience", None)
+    started, stopped_early, last_saved = time.perf_counter(), False, -1
+    meter = _Meter()
+    bar = tqdm(total=total, initial=progress.step, desc=task.name, disable=not (config.progress and main),
+               leave=False)
+    done = progress.step >= total
+    while not done and progress.epoch < config.epochs:
+        if progress.position == 0:
+            torch.manual_seed(epoch_seed(config.seed, progress.epoch, rank))
+        elif rng is not None:  # resumed mid-epoch: the RNG as it was at the checkpoint
+            ckpt.set_rng_state(rng)
+        rng = None
+        set_epoch(data, progress.epoch)
+        sampler.set_epoch(progress.epoch, progress.position * config.batch_size)
+        loader = DataLoader(data, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                            pin_memory=accelerator.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(epoch_seed(config.seed, progress.epoch, rank)))
+        task.train_mode()
+        for batch in loader:
+            with accelerator.accumulate(module):
+                with accelerator.autocast():
+                    loss, images, masks = task.step(module, to_device(batch, accelerator.device))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.grad_clip:
+                    accelerator.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            progress.position += 1
+            meter.add(float(loss.detach()), images, masks)
+            if not accelerator.sync_gradients:
+                continue
+            if after_step is not None:
+                after_step(task.model, optimizer)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+            scheduler.step()
+            progress.step += 1
+            row = meter.reduce(accelerator)
+            progress.losses.append(row["loss"])
+            if main:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", img_s=f"{row['images_per_s']:.1f}",
+                                masks_s=f"{row['masks_per_s']:.1f}")
+                if progress.step % config.log_every == 0 or progress.step == total:
+                    log.write(dict(row, phase="train", epoch=progress.epoch, step=progress.step, lr=lr,
+                                   seconds=round(time.perf_counter() - started, 3)))
+                    accelerator.log({"loss": row["loss"], "lr": lr, "images_per_s": row["images_per_s"],
+                                     "masks_per_s": row["masks_per_s"]}, step=progress.step)
+            if config.save_every and progress.step % config.save_every == 0:
+                progress.accel_step = accelerator.step
+                _save(out, progress, task, optimizer, scheduler, accelerator, config)
+                last_saved = progress.step
+            done = progress.step >= total or (config.max_seconds is not None and bool(broadcast_object_list(
+                [time.perf_counter() - started >= config.max_seconds])[0]))  # rank 0's clock decides
+            if done:
+                break
+        epoch_over = progress.position >= micro_per_epoch
+        if val_data is not None and (epoch_over or done):
+            stopped_early = _validate(task, val_data, config, accelerator, progress, log, started, patience)
+            meter.since = time.perf_counter()  # throughput is training's: validation time is not counted
+        if epoch_over:
+            progress.epoch, progress.position = progress.epoch + 1, 0
+        if stopped_early:
+            break
+    bar.close()
+    if last_saved != progress.step:
+        progress.accel_step = accelerator.step
+        _save(out, progress, task, optimizer, scheduler, accelerator, config)
+    accelerator.wait_for_everyone()
+    # parameters only: BatchNorm running statistics are each rank's own until DDP's next forward
+    # broadcasts rank 0's (rank 0's are the ones saved)
+    digests = gather_object([weights_digest(task.model, buffers=False)])
+    task.finish(out, main)
+    seconds = time.perf_counter() - started
+    if main:
+        info.update(steps=progress.step, epochs=progress.epoch, seconds=round(seconds, 3), rank_digests=digests,
+                    final_loss=progress.losses[-1] if progress.losses else None)
+        write_json(out / RUN_FILE, info)
+    accelerator.end_training()
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"{out}: ranks ended with different weights (digests {digests})")
+    return TrainResult(out, progress.step, len(progress.history), seconds, progress.losses, progress.history,
+                       progress.best, progress.best_epoch, stopped_early, world, rank)
+
+
+class _Meter:
+    """Loss, images and masks since the last optimiser step; throughput over all ranks."""
+
+    def __init__(self) -> None:
+        self.loss, self.micro, self.images, self.masks, self.since = 0.0, 0, 0, 0, time.perf_counter()
+
+    def add(self, loss: float, images: int, masks: int) -> None:
+        self.loss, self.micro = self.loss + loss, self.micro + 1
+        self.images, self.masks = self.images + images, self.masks + masks
+
+    def reduce(self, accelerator) -> dict[str, float]:
+        totals = accelerator.reduce(torch.tensor([self.loss, self.micro, self.images, self.masks],
+                                                 dtype=torch.float64, device=accelerator.device), "sum").tolist()
+        elapsed = max(time.perf_counter() - self.since, 1e-9)
+        self.__init__()
+        return {"loss": totals[0] / max(totals[1], 1), "images_per_s": totals[2] / elapsed,
+                "masks_per_s": totals[3] / elapsed}
+
+
+def _validate(task: Task, val_data: Dataset, config: TrainConfig, accelerator, progress: _Progress,
+              log: CsvLog | None, started: float, patience: int | None) -> bool:
+    """Rank 0 validates and keeps the best model; every rank learns the result. True: stop early."""
+    from accelerate.utils import broadcast_object_list
+
+    result = [None, None]
+    if accelerator.is_main_process:
+        result = list(task.evaluate(val_data, config, accelerator.device))
+    val_loss, val_dsc = broadcast_object_list(result)
+    epoch_losses = progress.losses[-max(1, progress.position // config.grad_accum):]
+    row = dict(epoch=progress.epoch, step=progress.step, train_loss=float(np.mean(epoch_losses)),
+               val_loss=val_loss, val_dsc=val_dsc)
+    progress.history.append(row)
+    if val_loss < progress.best:
+        progress.best, progress.best_epoch, progress.since_best = val_loss, progress.epoch, 0
+        if accelerator.is_main_process:
+            task.save_best(Path(config.output_dir))
+    else:
+        progress.since_best += 1
+    if log is not None:
+        log.write(dict(phase="epoch", epoch=progress.epoch, step=progress.step, loss=row["train_loss"],
+                       val_loss=val_loss, val_dsc=val_dsc, seconds=round(time.perf_counter() - started, 3)))
+    task.train_mode()
+    return patience is not None and progress.since_best >= patience
+
+
+def _save(out: Path, progress: _Progress, task: Task, optimizer, scheduler, accelerator, config: TrainConfig) -> None:
+    """A checkpoint: rank 0 stages the state, every rank adds its RNG, rank 0 renames it into place."""
+    if accelerator.is_main_process:
+        ckpt.begin(out, progress.step, {
+            "model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "world_size": accelerator.num_processes, "config": dataclasses.asdict(config),
+            **dataclasses.asdict(progress)})
+    accelerator.wait_for_everyone()
+    ckpt.write_rank_part(out, progress.step, accelerator.process_index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.commit(out, progress.step, config.keep)
+    accelerator.wait_for_everyone()
+
+
+def _restore(path: Path, task: Task, optimizer, scheduler, accelerator) -> tuple[_Progress, dict | None]:
+    """Load a checkpoint into the task's model and the optimiser, scheduler and scaler."""
+    state, rng = ckpt.load(path, accelerator.process_index)
+    if int(state.get("world_size", 1)) != accelerator.num_processes:
+        raise ValueError(f"{path}: written by {state['world_size']} processes; resume with the same number "
+                         f"(this run has {accelerator.num_processes})")
+    task.model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    fields = {f.name for f in dataclasses.fields(_Progress)}
+    return _Progress(**{k: v for k, v in state.items() if k in fields}), rng
