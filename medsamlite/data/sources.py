@@ -17,7 +17,7 @@ import numpy as np
 from ..constants import find_cases
 from ..runtime.modality import parse_modality
 from ..runtime.npz import CaseError
-from .datasets import gts_path, read_image, read_labels
+from .cases import gts_path, read_image, read_labels
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
