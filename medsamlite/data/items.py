@@ -53,8 +53,8 @@ def mask_to_frame(mask: np.ndarray, input_size: int, size: int) -> np.ndarray:
 
 def _box(mask: np.ndarray, spec: ItemSpec, resized: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """The mask's bounding box in the S frame (as `scale_boxes` maps a task box), widened by 0..box_shift px."""
-    ys, xs = np.nonzero(mask)
-    tight = np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], dtype=np.float64)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))  # cheaper than np.nonzero
+    tight = np.array([[cols[0], rows[0], cols[-1], rows[-1]]], dtype=np.float64)
     box = scale_boxes(tight, mask.shape, spec.input_size)[0]
     widen = rng.integers(0, spec.box_shift + 1, size=4) * np.array([-1, -1, 1, 1])
     h, w = resized

@@ -174,21 +174,26 @@ def write_index(dst: Path, results: list[CaseResult], source: str) -> dict[str, 
     cases["modality"] = [MODALITY_CODES.index(r.modality) for r in kept]
     cases["dim"] = [r.entries["dim"][0] for r in kept]
     cases["slices"] = [np.unique(r.entries["row"]).size for r in kept]
-    _write_atomic(dst / INDEX_FILE, lambda f: np.save(f, index, allow_pickle=False))
-    _write_atomic(dst / CASES_FILE, lambda f: np.save(f, cases, allow_pickle=False))
     per: dict[str, dict[str, int]] = {}
     for r, row in zip(kept, cases):
         c = per.setdefault(r.modality, {"cases": 0, "slices": 0, "labels": 0, "bytes": 0})
-        folder = case_folder(dst, r.name)
         c["cases"] += 1
         c["slices"] += int(row["slices"])
         c["labels"] += len(r.entries)
-        c["bytes"] += r.bytes or sum(f.stat().st_size for f in folder.iterdir())
+        c["bytes"] += r.bytes or sum(f.stat().st_size for f in case_folder(dst, r.name).iterdir())
     per = dict(sorted(per.items()))
-    manifest = {"format": FORMAT_PREPARED, "version": 1, "source": source, "cases": len(kept),
-                "entries": int(len(index)), "modality_codes": list(MODALITY_CODES), "modalities": per}
-    _write_atomic(dst / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    write_tables(dst, index, cases, per, source)
     return per
+
+
+def write_tables(dst: Path, index: np.ndarray, cases: np.ndarray, per_modality: dict[str, dict[str, int]],
+                 source: str) -> None:
+    """index.npy, cases.npy, then prepared.json (last: a folder with a manifest is complete), each atomically."""
+    _write_atomic(dst / INDEX_FILE, lambda f: np.save(f, index, allow_pickle=False))
+    _write_atomic(dst / CASES_FILE, lambda f: np.save(f, cases, allow_pickle=False))
+    manifest = {"format": FORMAT_PREPARED, "version": 1, "source": source, "cases": len(cases),
+                "entries": int(len(index)), "modality_codes": list(MODALITY_CODES), "modalities": per_modality}
+    _write_atomic(dst / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
 def prepare(src: str | Path, dst: str | Path, workers: int | None = None, modality: str | None = None,
