@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -54,6 +56,9 @@ def test_prepared_dataset_in_workers_and_selections(src: Path, tmp_path: Path):
     direct = [ds[i] for i in range(len(ds))]
     for a, b in zip(direct, DataLoader(ds, batch_size=1, num_workers=2)):
         assert torch.equal(a["image"], b["image"][0]) and torch.equal(a["masks"], b["masks"][0])
+    copy = pickle.loads(pickle.dumps(ds))  # what a spawned worker receives: paths and bounds, no maps
+    assert len(pickle.dumps(ds)) < 4096 and copy._open == OrderedDict()
+    _assert_same(copy[3], direct[3])
     capped = PreparedDataset(tmp_path / "dst", max_per_modality=2)
     assert sorted(capped.modalities) == ["CT", "CT", "Dermoscopy", "Dermoscopy", "Endoscopy"]
     only_ct = PreparedDataset(tmp_path / "dst", cases=[n for n in ds.case_names if n.startswith("3DBox")])
