@@ -35,16 +35,19 @@ SLICE_MODES = ("random", "all")
 
 
 def split_cases(files: Sequence[str | Path], val_fraction: float = 0.2, seed: int = 0,
-                modality_overrides: Mapping[str, str] | None = None) -> tuple[list[Path], list[Path]]:
+                modality_overrides: Mapping[str, str] | None = None, modalities: Mapping[str, str] | None = None
+                ) -> tuple[list[Path], list[Path]]:
     """Split case files (never slices of one case) into train and validation, stratified by modality.
 
-    Each modality with at least two cases keeps at least one in each part.
+    Each modality with at least two cases keeps at least one in each part. `modalities` gives each
+    file's modality by name (e.g. `PreparedDataset.case_modalities`); by default it is parsed from the name.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     groups: dict[str, list[Path]] = {}
     for f in sorted(Path(f) for f in files):
-        groups.setdefault(parse_modality(f, modality_overrides), []).append(f)
+        modality = modalities[str(f)] if modalities is not None else parse_modality(f, modality_overrides)
+        groups.setdefault(modality, []).append(f)
     rng = np.random.default_rng(seed)
     train, val = [], []
     for modality in sorted(groups):

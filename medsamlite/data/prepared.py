@@ -109,6 +109,11 @@ class PreparedDataset(Dataset):
         return [n.decode() for n in self._cases["name"]]
 
     @property
+    def case_modalities(self) -> dict[str, str]:
+        """Each case's modality by name, for `split_cases(ds.case_names, modalities=ds.case_modalities)`."""
+        return {n.decode(): MODALITY_CODES[int(m)] for n, m in zip(self._cases["name"], self._cases["modality"])}
+
+    @property
     def modalities(self) -> list[str]:
         """One modality per item (for `ModalityBalancedSampler`)."""
         return np.asarray(MODALITY_CODES, dtype=object)[self._codes].tolist()

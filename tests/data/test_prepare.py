@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from medsamlite.cli import main
 from medsamlite.data import prepare as prepare_module
-from medsamlite.data.datasets import NpzSliceDataset
+from medsamlite.data.datasets import NpzSliceDataset, split_cases
 from medsamlite.data.prepare import CASES_DIR, INDEX_FILE, prepare
 from medsamlite.data.prepared import PreparedDataset
 from medsamlite.data.sources import CT_WINDOWS, clip_percentiles, window_image
@@ -61,6 +61,9 @@ def test_prepared_dataset_in_workers_and_selections(src: Path, tmp_path: Path):
     _assert_same(copy[3], direct[3])
     capped = PreparedDataset(tmp_path / "dst", max_per_modality=2)
     assert sorted(capped.modalities) == ["CT", "CT", "Dermoscopy", "Dermoscopy", "Endoscopy"]
+    train, val = split_cases(ds.case_names, 0.5, modalities=ds.case_modalities)
+    assert len(train) == 3 and len(val) == 2 and ds.case_modalities["3DBox_CT_0000"] == "CT"
+    assert len(PreparedDataset(tmp_path / "dst", cases=val)) + len(PreparedDataset(tmp_path / "dst", cases=train)) == len(ds)
     only_ct = PreparedDataset(tmp_path / "dst", cases=[n for n in ds.case_names if n.startswith("3DBox")])
     assert only_ct.modalities == ["CT"] * 6 and {only_ct[i]["slice"] for i in range(6)} == {2, 3, 4}
     index = np.load(tmp_path / "dst" / INDEX_FILE)
