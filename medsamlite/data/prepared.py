@@ -73,8 +73,8 @@ class PreparedDataset(Dataset):
         starts, ends = item_bounds(self._index)
         keep = np.ones(len(starts), dtype=bool)
         if cases is not None:
-            wanted = {str(c).encode() for c in cases}
-            known = np.array([n in wanted for n in self._cases["name"]], dtype=bool)
+            wanted = np.array([str(c).encode() for c in cases], dtype=bytes)
+            known = np.isin(np.asarray(self._cases["name"]), wanted)
             keep &= known[np.asarray(self._index["case"][starts])]
         codes = np.asarray(self._index["modality"][starts])
         if max_per_modality is not None:
