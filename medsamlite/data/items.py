@@ -89,19 +89,17 @@ def build_item(image: np.ndarray, gts: np.ndarray, labels: np.ndarray, rng: np.r
         item.update(box=torch.from_numpy(boxes[0]), mask=torch.from_numpy(masks[0]), label=int(chosen[0]))
         if spec.full_mask:
             item["mask_full"] = torch.from_numpy(mask_to_frame(targets[0], spec.input_size, spec.input_size)[None])
-    else:
+    else:  # padded in numpy, then wrapped: torch ops here would each wake torch's thread pool
         k, n = spec.targets_per_image, len(chosen)
-        m, s = spec.mask_size, spec.input_size
-        item["boxes"] = torch.zeros(k, 4)
-        item["masks"] = torch.zeros(k, 1, m, m)
-        item["boxes"][:n] = torch.from_numpy(np.stack(boxes))
-        item["masks"][:n] = torch.from_numpy(np.stack(masks))
-        item["valid"] = torch.arange(k) < n
-        item["labels"] = torch.zeros(k, dtype=torch.int64)
-        item["labels"][:n] = torch.from_numpy(chosen.astype(np.int64))
+        padded = {"boxes": np.zeros((k, 4), np.float32), "masks": np.zeros((k, 1, spec.mask_size, spec.mask_size),
+                                                                          np.float32),
+                  "valid": np.arange(k) < n, "labels": np.zeros(k, np.int64)}
+        padded["boxes"][:n], padded["masks"][:n], padded["labels"][:n] = boxes, masks, chosen
         if spec.full_mask:
-            item["masks_full"] = torch.zeros(k, 1, s, s)
-            item["masks_full"][:n] = torch.from_numpy(np.stack([mask_to_frame(t, s, s)[None] for t in targets]))
+            s = spec.input_size
+            padded["masks_full"] = np.zeros((k, 1, s, s), np.float32)
+            padded["masks_full"][:n] = [mask_to_frame(t, s, s)[None] for t in targets]
+        item.update({key: torch.from_numpy(value) for key, value in padded.items()})
     if spec.num_classes is not None:
         item["targets"] = torch.from_numpy(np.stack([mask_to_frame(gts == c, spec.input_size, spec.mask_size)
                                                      for c in range(1, spec.num_classes + 1)]))
