@@ -11,7 +11,7 @@ def test_data_suite_reports_every_measure(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["data", "--ct-cases", "1", "--depth", "4", "--cases-2d", "1", "--items", "3",
-                              "--npz-items", "2", "--workers", "0", "--index-sizes", "300", "3000",
+                              "--npz-items", "2", "--batch-size", "1", "--workers", "0", "--index-sizes", "300", "3000",
                               "--out", str(tmp_path / "out")])
     assert cli.run(args) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "data.csv").open()))
