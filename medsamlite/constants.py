@@ -28,6 +28,7 @@ FORMAT_MODEL = "medsamlite"  # a torch model: model.safetensors + config.json (c
 FORMAT_COMPILED = "medsamlite-compiled"  # encoder + decoder graphs + config.json (export)
 FORMAT_DAFT = "medsamlite-daft"  # per-group models behind a router: daft.json
 FORMAT_ADAPTER = "medsamlite-adapter"
+FORMAT_PREPARED = "medsamlite-prepared"  # training data as memory-mappable arrays + one index (data prepare)
 CONFIG_FILE, WEIGHTS_FILE, DAFT_MANIFEST = "config.json", "model.safetensors", "daft.json"
 
 CASE_SUFFIX = ".npz"

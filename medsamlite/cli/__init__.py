@@ -17,6 +17,7 @@ COMMANDS = {
     "export": "export a model to OpenVINO / ONNX Runtime",
     "bench": "compare models on DSC, NSD, runtime and memory",
     "train": "fine-tune, distil, or train per-modality adapters",
+    "data": "prepare training data once for fast memory-mapped reading",
     "convert-checkpoint": "rewrite a trusted pickled checkpoint as safetensors",
 }
 

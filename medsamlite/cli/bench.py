@@ -1,7 +1,7 @@
 """`medsamlite bench [SUITE]`: the benchmark suites, each one module of `medsamlite.benchmark`.
 
 `compare` (the default: `medsamlite bench` with no suite) ranks models on DSC, NSD, runtime and memory;
-`precision` measures every precision the CPU offers against f32. Each suite writes CSV + markdown + PNG.
+`precision` measures every precision the CPU offers against f32; `data` the training-data paths. Each suite writes CSV + markdown + PNG.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ SUITES = {
     "precision": ("medsamlite.benchmark.precision", "f32 / bf16 / int8: encode latency and mask agreement with f32"),
     "latency": ("medsamlite.benchmark.latency", "encoder latency per backend and whole-process cold start"),
     "train": ("medsamlite.benchmark.train", "training images/s and masks/s: processes, K targets, teacher cache, bf16"),
+    "data": ("medsamlite.benchmark.data", "training data: items/s of the .npz and prepared paths, index open, prepare"),
 }
 DEFAULT_SUITE = "compare"
 

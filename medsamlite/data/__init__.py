@@ -1,4 +1,4 @@
-"""Data: task-format data sets, modality-aware sampling and the synthetic multi-modality cases.
+"""Data: task-format and prepared data sets, `prepare`, augmentation, modality-aware sampling, synthetic cases.
 
 Names load lazily, so `medsamlite.data.synthetic` and `medsamlite.runtime.modality` stay torch-free.
 """
@@ -12,6 +12,10 @@ _LAZY = {
     "NpzSliceDataset": "medsamlite.data.datasets",
     "NpzImageDataset": "medsamlite.data.datasets",
     "split_cases": "medsamlite.data.datasets",
+    "PreparedDataset": "medsamlite.data.prepared",
+    "Augmentation": "medsamlite.data.augment",
+    "ItemSpec": "medsamlite.data.items",
+    "build_item": "medsamlite.data.items",
     "SyntheticCase": "medsamlite.data.synthetic",
     "make_case": "medsamlite.data.synthetic",
     "write_dataset": "medsamlite.data.synthetic",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -25,77 +24,30 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import ModelConfig
-from ..constants import find_cases
-from ..runtime.npz import CaseError, check_image, kind_from_name
-from ..runtime.preprocess import pad_bottom_right, preprocess_image, resize_longest_side, scale_boxes
+from ..runtime.npz import CaseError, kind_from_name
+from ..runtime.preprocess import preprocess_image
 from ..runtime.modality import case_stem, parse_modality
+from .augment import Augmentation
+from .cases import load_key, case_files, gts_path, read_image, read_labels
+from .items import ItemSpec, build_item, flip, mask_to_frame
 
 SLICE_MODES = ("random", "all")
 
 
-def case_files(cases: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Case files: a folder's (task layout `imgs/`, else every .npz below it) or the given list."""
-    if isinstance(cases, (str, Path)):
-        files = find_cases(cases, recursive=True).files
-        if not files:
-            raise FileNotFoundError(f"{cases}: no .npz cases found (expected imgs/*.npz or *.npz files)")
-        return files
-    files = [Path(f) for f in cases]
-    if not files:
-        raise ValueError("no case files given")
-    return files
-
-
-def gts_path(image_path: Path) -> Path:
-    """Where a case's labels live: `../gts/<name>.npz` beside an `imgs/` folder, else the file itself."""
-    if image_path.parent.name == "imgs":
-        candidate = image_path.parent.parent / "gts" / image_path.name
-        if candidate.exists():
-            return candidate
-    return image_path
-
-
-def _load_key(path: Path, key: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if key not in archive.files:
-                raise CaseError(f"{path}: missing key '{key}'; found keys {archive.files}")
-            return archive[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise CaseError(f"{path}: cannot read key '{key}' ({type(error).__name__}: {error}); "
-                        "expected a task .npz case") from None
-
-
-def read_image(path: Path) -> np.ndarray:
-    """A case's `imgs`, validated: (H, W[, 1|3]) for 2D, (D, H, W) for 3D."""
-    imgs = _load_key(path, "imgs")
-    kind = kind_from_name(path.name) or ("3D" if imgs.ndim == 3 and imgs.shape[2] not in (1, 3) else "2D")
-    return check_image(imgs, kind, str(path))
-
-
-def read_labels(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
-    """A case's integer label map `gts`, checked against the image's spatial shape."""
-    source = gts_path(path)
-    gts = _load_key(source, "gts")
-    spatial = image_shape if gts.ndim == 3 else image_shape[:2]
-    if tuple(gts.shape) != tuple(spatial):
-        raise CaseError(f"{source}: key 'gts' has shape {gts.shape}; expected {tuple(spatial)} like 'imgs' of {path}")
-    if not np.issubdtype(gts.dtype, np.integer):
-        raise CaseError(f"{source}: key 'gts' has dtype {gts.dtype}; expected integer labels")
-    return gts
-
-
 def split_cases(files: Sequence[str | Path], val_fraction: float = 0.2, seed: int = 0,
-                modality_overrides: Mapping[str, str] | None = None) -> tuple[list[Path], list[Path]]:
+                modality_overrides: Mapping[str, str] | None = None, modalities: Mapping[str, str] | None = None
+                ) -> tuple[list[Path], list[Path]]:
     """Split case files (never slices of one case) into train and validation, stratified by modality.
 
-    Each modality with at least two cases keeps at least one in each part.
+    Each modality with at least two cases keeps at least one in each part. `modalities` gives each
+    file's modality by name (e.g. `PreparedDataset.case_modalities`); by default it is parsed from the name.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     groups: dict[str, list[Path]] = {}
     for f in sorted(Path(f) for f in files):
-        groups.setdefault(parse_modality(f, modality_overrides), []).append(f)
+        modality = modalities[str(f)] if modalities is not None else parse_modality(f, modality_overrides)
+        groups.setdefault(modality, []).append(f)
     rng = np.random.default_rng(seed)
     train, val = [], []
     for modality in sorted(groups):
@@ -107,20 +59,24 @@ def split_cases(files: Sequence[str | Path], val_fraction: float = 0.2, seed: in
     return sorted(train), sorted(val)
 
 
-def _flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
-    """Random left-right and up-down flips (each with p = 0.5), the same for every array."""
-    for axis in (1, 0):
-        if rng.random() < 0.5:
-            arrays = [np.flip(a, axis=axis) for a in arrays]
-    return [np.ascontiguousarray(a) for a in arrays]
+def item_spec(config: ModelConfig | None = None, **options) -> ItemSpec:
+    """An `ItemSpec` for `config` (input size, normalisation, low-res size); options given as None keep the defaults."""
+    defaults = ({"input_size": config.input_size, "normalization": config.normalization,
+                 "mask_size": config.low_res_size} if config else {})
+    return ItemSpec(**{**defaults, **{k: v for k, v in options.items() if v is not None}})
 
 
-def mask_to_frame(mask: np.ndarray, input_size: int, size: int) -> np.ndarray:
-    """A binary (H, W) mask in the model's padded S frame, then at `size` (the decoder's low-res frame)."""
-    framed = pad_bottom_right(resize_longest_side(mask.astype(np.float32), input_size) >= 0.5, input_size)
-    if size != input_size:  # area-average then threshold: thin structures survive better than nearest
-        framed = resize_longest_side(framed.astype(np.float32), size) >= 0.5
-    return framed.astype(np.float32)
+def annotated(patterns: Mapping[str, Sequence[int]], num_classes: int, case: str) -> np.ndarray:
+    """(C,) bool: the classes the source data set of `case` labels (glob on the case name; all when none matches)."""
+    for pattern, classes in patterns.items():
+        if fnmatch.fnmatchcase(case, pattern):
+            bad = [c for c in classes if not 1 <= c <= num_classes]
+            if bad:
+                raise ValueError(f"annotated_classes[{pattern!r}] has classes {bad}; expected 1..{num_classes}")
+            flags = np.zeros(num_classes, dtype=bool)
+            flags[np.asarray(classes, dtype=np.int64) - 1] = True
+            return flags
+    return np.ones(num_classes, dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -197,23 +153,26 @@ class NpzSliceDataset(NpzCases):
     channel per class 1..C, and `annotated` (C,) bool, which classes the case's source data set
     labels (`annotated_classes`: glob on the case name -> class ids; default all), for the
     partial-label losses. `slices="random"`: one item per 3D volume, its slice drawn per epoch
-    among the labelled ones; `"all"`: one item per labelled slice.
+    among the labelled ones; `"all"`: one item per labelled slice. With `targets_per_image=K`, up to
+    K labels drawn without replacement: `boxes` (K, 4), `masks` (K, 1, m, m), `valid` (K,) and
+    `labels` (K,) replace `box`, `mask` and `label` (padding rows are zeros). `augmentation` adds
+    MONAI affine and intensity jitter after the flips (`Augmentation()`; off by default).
     """
 
     def __init__(self, cases: str | Path | Sequence[str | Path], config: ModelConfig | None = None, *,
                  input_size: int | None = None, normalization: str | None = None, mask_size: int | None = None,
                  slices: str = "random", augment: bool = True, box_shift: int = 5, full_mask: bool = False,
                  num_classes: int | None = None, annotated_classes: Mapping[str, Sequence[int]] | None = None,
-                 modality_overrides: Mapping[str, str] | None = None, seed: int = 0) -> None:
-        self.input_size = input_size or (config.input_size if config else 256)
-        self.normalization = normalization or (config.normalization if config else "minmax")
-        self.mask_size = mask_size or (config.low_res_size if config else 256)
-        self.box_shift, self.full_mask = box_shift, full_mask
+                 modality_overrides: Mapping[str, str] | None = None, seed: int = 0,
+                 targets_per_image: int | None = None, augmentation: Augmentation | None = None) -> None:
+        self.spec = item_spec(config, input_size=input_size, normalization=normalization, mask_size=mask_size,
+                              box_shift=box_shift, flips=augment, full_mask=full_mask, num_classes=num_classes,
+                              targets_per_image=targets_per_image, augmentation=augmentation if augment else None)
         self.num_classes, self.annotated_classes = num_classes, dict(annotated_classes or {})
         super().__init__(cases, slices, augment, modality_overrides, seed)
 
     def _candidate_slices(self, path: Path) -> np.ndarray:
-        gts = _load_key(gts_path(path), "gts")  # only the labels: the image is checked when an item is read
+        gts = load_key(gts_path(path), "gts")  # only the labels: the image is checked when an item is read
         if gts.ndim not in (2, 3) or not np.issubdtype(gts.dtype, np.integer):
             raise CaseError(f"{gts_path(path)}: key 'gts' has shape {gts.shape} and dtype {gts.dtype}; "
                             "expected integer labels (H, W) for 2D or (D, H, W) for 3D")
@@ -223,44 +182,15 @@ class NpzSliceDataset(NpzCases):
             return np.array([-1] if gts.any() else [], dtype=np.int64)
         return np.flatnonzero(gts.reshape(gts.shape[0], -1).any(axis=1))
 
-    def annotated(self, case: str) -> np.ndarray:
-        """(C,) bool: the classes the source data set of `case` labels (all when no pattern matches)."""
-        for pattern, classes in self.annotated_classes.items():
-            if fnmatch.fnmatchcase(case, pattern):
-                bad = [c for c in classes if not 1 <= c <= self.num_classes]
-                if bad:
-                    raise ValueError(f"annotated_classes[{pattern!r}] has classes {bad}; "
-                                     f"expected 1..{self.num_classes}")
-                flags = np.zeros(self.num_classes, dtype=bool)
-                flags[np.asarray(classes, dtype=np.int64) - 1] = True
-                return flags
-        return np.ones(self.num_classes, dtype=bool)
-
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
         path, z, image, shape = self._slice(index, rng)
         gts = read_labels(path, shape)
         gts = gts if z < 0 else gts[z]
-        label = int(rng.choice(np.unique(gts[gts > 0])))
-        image, gts = _flip([image, gts], rng) if self.augment else (image, gts)
-        mask = gts == label
-        x, (h, w) = preprocess_image(image, self.input_size, self.normalization)
-        ys, xs = np.nonzero(mask)
-        tight = np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], dtype=np.float64)
-        box = scale_boxes(tight, mask.shape, self.input_size)[0]
-        widen = rng.integers(0, self.box_shift + 1, size=4) * np.array([-1, -1, 1, 1])
-        box = np.clip(box + widen, 0, [w, h, w, h]).astype(np.float32)
-        item = {"image": torch.from_numpy(x[0]), "box": torch.from_numpy(box),
-                "mask": torch.from_numpy(mask_to_frame(mask, self.input_size, self.mask_size)[None]),
-                "modality": self.case_modalities[self.entries[index].case], "case": case_stem(path),
-                "slice": z, "label": label}
-        if self.full_mask:
-            item["mask_full"] = torch.from_numpy(mask_to_frame(mask, self.input_size, self.input_size)[None])
+        item = build_item(image, gts, np.unique(gts[gts > 0]), rng, self.spec)
+        item.update(modality=self.case_modalities[self.entries[index].case], case=case_stem(path), slice=z)
         if self.num_classes is not None:
-            targets = np.stack([mask_to_frame(gts == c, self.input_size, self.mask_size)
-                                for c in range(1, self.num_classes + 1)])
-            item["targets"] = torch.from_numpy(targets)
-            item["annotated"] = torch.from_numpy(self.annotated(case_stem(path)))
+            item["annotated"] = torch.from_numpy(annotated(self.annotated_classes, self.num_classes, case_stem(path)))
         return item
 
 
@@ -291,7 +221,7 @@ class NpzImageDataset(NpzCases):
         rng = self._rng(index)
         path, z, image, _ = self._slice(index, rng)
         if self.augment:
-            (image,) = _flip([image], rng)
+            (image,) = flip([image], rng)
         item: dict = {k: torch.from_numpy(preprocess_image(image, size, norm)[0][0])
                       for k, (size, norm) in self.inputs.items()}
         item.update(modality=self.case_modalities[self.entries[index].case], case=case_stem(path), slice=z)

@@ -73,9 +73,13 @@ def to_three_channels(image: np.ndarray) -> np.ndarray:
 def preprocess_image(image: np.ndarray, size: int, normalization: str = "minmax"
                      ) -> tuple[np.ndarray, tuple[int, int]]:
     """A 2D image (H, W[, C]) to the encoder input (1, 3, S, S) float32 and the resized (h, w)."""
-    image, scale = scale_to_safe_range(to_three_channels(image))
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    image, scale = scale_to_safe_range(image)
     resized = resize_longest_side(image, size)
     x = normalize_minmax(resized, _RANGE_FLOOR * scale)
+    if x.ndim == 2:  # grey: resized and normalised once, then repeated (identical values, a third of the work)
+        x = to_three_channels(x)
     if normalization == "imagenet":
         x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     elif normalization != "minmax":

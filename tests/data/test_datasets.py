@@ -236,3 +236,29 @@ def test_cases_without_labels_are_skipped_with_a_warning(task_dir: Path):
     with pytest.warns(UserWarning, match=r"1 case\(s\) skipped: .*2DBox_Endoscopy_0001\.npz: no labelled pixel"):
         ds = NpzSliceDataset(task_dir)
     assert len(ds) == 4 and "Endoscopy" not in ds.modalities
+
+
+def test_k_targets_per_image_are_drawn_without_replacement_and_padded(task_dir: Path):
+    one = NpzSliceDataset(task_dir, augment=False, box_shift=0)
+    ds = NpzSliceDataset(task_dir, augment=False, box_shift=0, targets_per_image=3)
+    item = ds[0]  # Dermoscopy 0: labels 1 and 2, so one padding row
+    assert item["boxes"].shape == (3, 4) and item["masks"].shape == (3, 1, 256, 256)
+    assert item["valid"].tolist() == [True, True, False] and item["labels"].dtype == torch.int64
+    assert sorted(item["labels"][:2].tolist()) == [1, 2] and item["labels"][2] == 0
+    assert item["boxes"][2].abs().sum() == 0 and item["masks"][2].sum() == 0
+    assert "box" not in item and "mask" not in item
+    # each valid row is the one-target item of that label
+    for row, label in enumerate(item["labels"][:2].tolist()):
+        for epoch in range(20):
+            one.set_epoch(epoch)
+            ref = one[0]
+            if ref["label"] == label:
+                break
+        assert torch.equal(item["masks"][row], ref["mask"]) and torch.equal(item["boxes"][row], ref["box"])
+    assert torch.equal(item["image"], one[0]["image"])
+    single = NpzSliceDataset(task_dir, targets_per_image=1)[3]  # a CT volume: one label
+    assert single["valid"].tolist() == [True] and single["labels"].tolist() == [3]
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    assert batch["boxes"].shape == (2, 3, 4) and batch["valid"].shape == (2, 3)
+    with pytest.raises(ValueError, match="targets_per_image"):
+        NpzSliceDataset(task_dir, targets_per_image=0)
