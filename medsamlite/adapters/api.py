@@ -78,7 +78,7 @@ def trainable_parameters(model: nn.Module) -> int:
 def summary(model: nn.Module, adapter: str | None = None) -> AdapterSummary:
     """Trainable count of the active (or named) adapter; `total` counts the base model's parameters."""
     rec = records(model)[adapter or active_adapter(model)]
-    own = tuners.adapter_parameter_pattern(model)
+    own = tuners.adapter_parameter_pattern(model, others=True)
     added = set(added_parameters(model))
     total = sum(p.numel() for n, p in model.named_parameters() if not own.search(n) and n not in added)
     return AdapterSummary(rec.method, rec.name, trainable_parameters(model), total, len(rec.targets))

@@ -57,14 +57,18 @@ def inject(model: nn.Module, config: PeftConfig, adapter_name: str,
     return model
 
 
-def layer_names(model: nn.Module) -> set[str]:
-    """The names peft's layers in `model` give their adapter tensors (lora_A, ia3_l, vera_lambda_b, ...)."""
-    return {n for m in model.modules() if isinstance(m, BaseTunerLayer) for n in m.adapter_layer_names}
+def layer_names(model: nn.Module, others: bool = False) -> set[str]:
+    """The names peft's layers in `model` give their trained tensors (lora_A, ia3_l, vera_lambda_b, ...).
+
+    `others` adds their untrained ones (AdaLoRA's `ranknum`, VeRA's projections).
+    """
+    return {n for m in model.modules() if isinstance(m, BaseTunerLayer)
+            for n in (*m.adapter_layer_names, *(m.other_param_names if others else ()))}
 
 
-def adapter_parameter_pattern(model: nn.Module, adapter_name: str | None = None) -> re.Pattern:
+def adapter_parameter_pattern(model: nn.Module, adapter_name: str | None = None, others: bool = False) -> re.Pattern:
     """Matches the parameter names that belong to adapter `adapter_name` (any adapter when None)."""
-    names = "|".join(sorted(map(re.escape, layer_names(model) | {"modules_to_save"})))
+    names = "|".join(sorted(map(re.escape, layer_names(model, others) | {"modules_to_save"})))
     adapter = r"[^.]+" if adapter_name is None else re.escape(adapter_name)
     return re.compile(rf"\.({names})\.{adapter}(\.|$)")
 

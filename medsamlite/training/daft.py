@@ -9,7 +9,6 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..adapters import api
-from ..adapters.arena import ProximalStep
 from ..adapters.daft import DataAwareModel
 from ..runtime.router import Router
 
@@ -42,7 +41,6 @@ def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, set
         model = DataAwareModel.with_adapters(base, router, settings.method, **extra)
     else:
         model = DataAwareModel.with_models(base, router, settings.method, **extra)
-    after_step = ProximalStep(settings.adapter.get("lam", 1e-3)) if settings.method == "arena" else None
     results: dict[str, Any] = {}
     for group in router.groups:
         files = [Path(f) for f in cases if router.route(f) == group]
@@ -54,7 +52,8 @@ def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, set
         val = NpzSliceDataset(val_files, base.config, augment=False, slices="all") if val_files else None
         config = dataclasses.replace(finetune_config, output_dir=str(Path(finetune_config.output_dir) / group))
         net = model.select(group)
-        result = finetune(net, train, val, config, after_step=after_step, save=_saver(group))
+        result = finetune(net, train, val, config, after_step=api.after_step(net, group if group in api.records(net)
+                                                                              else None), save=_saver(group))
         _restore_best(net, group, result.output_dir / "best")
         results[group] = {"cases": len(files), "train": len(train_files), "val": len(val_files),
                           "best_val_loss": result.best_val_loss, "epochs": result.epochs, "steps": result.steps,
@@ -73,7 +72,7 @@ def _restore_best(net: nn.Module, group: str, directory: Path) -> None:
     if not path.exists():
         return
     _, tensors = api.read_adapter(path)
-    if group in api.records(net) and api.records(net)[group].method in api.PEFT_METHODS:
+    if group in api.records(net) and api.get_method(api.records(net)[group].method).kind == api.PEFT:
         from peft.functional import set_peft_model_state_dict
 
         set_peft_model_state_dict(net, tensors, adapter_name=group)
