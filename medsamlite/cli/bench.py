@@ -1,7 +1,7 @@
 """`medsamlite bench [SUITE]`: the benchmark suites, each one module of `medsamlite.benchmark`.
 
 `compare` (the default: `medsamlite bench` with no suite) ranks models on DSC, NSD, runtime and memory;
-`precision` measures every precision the CPU offers against f32. Each suite writes CSV + markdown + PNG.
+`precision` measures every precision the CPU offers against f32; `fewshot` runs the k-shot adaptation protocol. Each suite writes CSV + markdown + PNG.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import importlib
 SUITES = {
     "compare": ("medsamlite.benchmark.compare", "models on DSC, NSD, runtime and peak memory (the default)"),
     "precision": ("medsamlite.benchmark.precision", "f32 / bf16 / int8: encode latency and mask agreement with f32"),
+    "fewshot": ("medsamlite.benchmark.fewshot", "k-shot adaptation per modality group: DSC/NSD against k per method"),
 }
 DEFAULT_SUITE = "compare"
 
