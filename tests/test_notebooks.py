@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {
     "01_quickstart.ipynb": ["quickstart_overlays.png"],
     "02_encoder_ablation.ipynb": ["encoder_ablation.png"],
-    "03_adapter_ablation.ipynb": ["adapter_ablation.png", "arena_ranks.png"],
+    "03_adapter_ablation.ipynb": ["adapter_ablation.png", "arena_ranks.png", "fewshot.png"],
 }
 
 

@@ -1,8 +1,9 @@
 """`apply`, `merge`, `set_adapter`, `save_adapter`, `load_adapter`: one switch between adaptation methods.
 
-A model carries either peft adapters (`lora`, `arena`; several named ones on one base) or one
-parameter selection (`bitfit`, `norm`, `full`). What was applied is recorded on the model
-(`model.adapter_records`) so that it can be saved alone, re-applied on a fresh model and merged.
+Each method registers itself (`adapters.registry`); this module reads the registry. A model carries either
+peft adapters (PEFT methods; several named ones on one base) or one PARAMS method (a parameter selection or
+added modules). What was applied is recorded on the model (`model.adapter_records`) so that it can be saved
+alone, re-applied on a fresh model and merged.
 """
 from __future__ import annotations
 
@@ -11,20 +12,22 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
-from peft.functional import get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from . import arena, bitfit, lora, norm
-from .targets import resolve_targets
+# each module registers its method on import (the order is the order `list_methods` reports)
+from . import lora, arena, adalora, ia3, vera, bitfit, norm, presets, adaptformer, probe, spatial  # noqa: F401
+from . import tuners
+from .registry import PARAMS, PEFT, Method, Request, get_method, list_methods
+from .targets import DECODER, patterns_of
+from .wrappers import Wrapped, added_parameters
 
-PEFT_METHODS = ("lora", "arena")
-SELECTION_METHODS = ("bitfit", "norm", "full")
-METHODS = PEFT_METHODS + SELECTION_METHODS
+METHODS = tuple(list_methods())
+PEFT_METHODS = tuple(list_methods(PEFT))
 FORMAT = "medsamlite-adapter"
 DEFAULT = "default"
 
@@ -37,9 +40,10 @@ class AdapterRecord:
     name: str
     model: str
     encoder: str
-    targets: list[str] = field(default_factory=list)  # wrapped modules (peft) or trained parameters
+    targets: list[str] = field(default_factory=list)  # wrapped modules (peft, added modules) or chosen parameters
     settings: dict[str, Any] = field(default_factory=dict)
     train_decoder: bool = False
+    parameters: list[str] = field(default_factory=list)  # PARAMS methods: the trained (saved) parameters
 
 
 @dataclass
@@ -72,17 +76,12 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def summary(model: nn.Module, adapter: str | None = None) -> AdapterSummary:
-    """Trainable count of the active (or named) adapter."""
-    recs = records(model)
-    if not recs:
-        raise ValueError(f"model '{model.config.name}' has no adapter applied")
-    rec = recs[adapter] if adapter else recs[active_adapter(model)]
-    total = sum(p.numel() for n, p in model.named_parameters() if not _is_adapter_param(n))
+    """Trainable count of the active (or named) adapter; `total` counts the base model's parameters."""
+    rec = records(model)[adapter or active_adapter(model)]
+    own = tuners.adapter_parameter_pattern(model, others=True)
+    added = set(added_parameters(model))
+    total = sum(p.numel() for n, p in model.named_parameters() if not own.search(n) and n not in added)
     return AdapterSummary(rec.method, rec.name, trainable_parameters(model), total, len(rec.targets))
-
-
-def _is_adapter_param(name: str) -> bool:
-    return re.search(r"\.(lora_[A-Za-z_]+|modules_to_save)\.", name + ".") is not None
 
 
 def active_adapter(model: nn.Module) -> str:
@@ -93,17 +92,12 @@ def active_adapter(model: nn.Module) -> str:
     return model.__dict__.get("active_adapter_name", next(iter(recs)))
 
 
-def _settings(method: str, config: dict[str, Any]):
-    cls = {"lora": lora.LoraSettings, "arena": arena.ArenaSettings}.get(method)
-    if cls is None:
-        if config:
-            raise TypeError(f"method {method!r} takes no settings, got {sorted(config)}")
-        return None
+def _settings(method: Method, config: dict[str, Any]):
     try:
-        return cls(**config)
+        return method.settings(**config)
     except TypeError:
-        allowed = sorted(cls.__dataclass_fields__)
-        raise TypeError(f"unknown settings {sorted(set(config) - set(allowed))} for method {method!r}; "
+        allowed = sorted(method.settings.__dataclass_fields__)
+        raise TypeError(f"unknown settings {sorted(set(config) - set(allowed))} for method {method.name!r}; "
                         f"expected some of {allowed}") from None
 
 
@@ -111,40 +105,32 @@ def apply(model: nn.Module, method: str, targets: str | Iterable[str] | None = N
           train_decoder: bool = False, adapter_name: str = DEFAULT, **config: Any) -> nn.Module:
     """Make only `method`'s parameters trainable in `model` (in place) and return it.
 
-    method: `lora` / `arena` (peft layers on `targets`: regexes or names, default per encoder family),
-    `bitfit` (biases of the encoder, or of the modules matching `targets`), `norm` (norm affine
-    parameters), `full` (everything). `include_decoder` adds the mask decoder's attention/MLP layers
-    (its biases, its norms); `train_decoder` trains the whole decoder too (a copy per adapter for peft
-    methods). `config`: `r`, `alpha`, `dropout` (and `lam` for arena). `summary(model)` reports the count.
+    method: any registered name (`list_methods()`; docs/adapters.md has the table). `targets`: regexes or
+    module names for the methods that take them (default per encoder family). `include_decoder` adds the
+    mask decoder's attention/MLP layers (its biases, its norms); `train_decoder` trains the whole decoder
+    too (a copy per adapter for PEFT methods). `config`: the method's settings (`r`, `alpha`, ...).
+    `summary(model)` reports the count.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown adaptation method {method!r}; expected one of {', '.join(METHODS)}")
-    settings = _settings(method, config)
+    spec = get_method(method)
+    settings = _settings(spec, config)
     recs = records(model)
     if adapter_name in recs:
         raise ValueError(f"model already has an adapter named {adapter_name!r}; pick another adapter_name")
     kinds = {r.method for r in recs.values()}
-    if kinds and not (kinds == {method} and method in PEFT_METHODS):
+    if kinds and not (kinds == {method} and spec.kind == PEFT):
         raise ValueError(f"model already carries {sorted(kinds)} adapters; several named adapters are supported "
-                         f"only for one peft method (lora or arena), not {method!r} on top")
-    rec = AdapterRecord(method, adapter_name, model.config.name, model.config.encoder,
-                        settings=settings.to_dict() if settings else {}, train_decoder=train_decoder)
-    if method in PEFT_METHODS:
-        rec.targets = resolve_targets(model, targets, include_decoder)
-        make = lora.lora_config if method == "lora" else arena.arena_config
-        lora.inject(model, make(rec.targets, settings, train_decoder), adapter_name)
-    else:
-        if method == "bitfit":
-            patterns = None if targets is None else [targets] if isinstance(targets, str) else list(targets)
-            rec.targets = bitfit.bias_parameters(model, patterns, include_decoder)
-        elif method == "norm":
-            rec.targets = norm.norm_parameters(model, include_decoder)
-        else:
-            rec.targets = [n for n, _ in model.named_parameters()]
+                         f"only for one peft method ({', '.join(PEFT_METHODS)}), not {method!r} on top")
+    if targets is not None and not spec.takes_targets:
+        raise TypeError(f"method {method!r} takes no targets (it acts on a fixed part of the model)")
+    applied = spec.apply(model, settings, Request(patterns_of(targets), include_decoder, train_decoder, adapter_name))
+    rec = AdapterRecord(method, adapter_name, model.config.name, model.config.encoder, list(applied.targets),
+                        asdict(settings), train_decoder)
+    if spec.kind == PARAMS:
+        rec.parameters = list(applied.parameters) or added_parameters(model)
         if train_decoder:
-            rec.targets += [n for n, _ in model.named_parameters() if n.startswith("mask_decoder.")
-                            and n not in rec.targets]
-        _train_only(model, rec.targets)
+            rec.parameters += [n for n, _ in model.named_parameters() if n.startswith(DECODER + ".")
+                               and n not in rec.parameters]
+        _train_only(model, rec.parameters)
     recs[adapter_name] = rec
     model.__dict__["active_adapter_name"] = adapter_name
     return model
@@ -156,13 +142,20 @@ def _train_only(model: nn.Module, names: Iterable[str]) -> None:
         p.requires_grad_(name in chosen)
 
 
+def after_step(model: nn.Module, adapter: str | None = None) -> Callable | None:
+    """The `after_step(model, optimizer)` hook the active (or named) adapter's training needs, or None."""
+    rec = records(model)[adapter or active_adapter(model)]
+    spec = get_method(rec.method)
+    return spec.hook(spec.settings(**rec.settings)) if spec.hook else None
+
+
 def set_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
     """Route the model through the named peft adapter (and its decoder copy); only it trains."""
     rec = records(model).get(adapter_name)
     if rec is None:
         raise KeyError(f"no adapter {adapter_name!r}; the model has {sorted(records(model))}")
-    if rec.method in PEFT_METHODS:
-        lora.activate(model, adapter_name)
+    if get_method(rec.method).kind == PEFT:
+        tuners.activate(model, adapter_name)
     model.__dict__["active_adapter_name"] = adapter_name
     return model
 
@@ -170,35 +163,42 @@ def set_adapter(model: nn.Module, adapter_name: str) -> nn.Module:
 def merge(model: nn.Module, adapter: str | None = None) -> nn.Module:
     """A plain copy of `model` with the active (or named) adapter folded into the base weights.
 
-    peft layers become their base layers (merged with peft's safe merge; ARENA components with a
-    zero gate add nothing), the adapter's decoder copy replaces the shared decoder; `model` is unchanged.
+    peft layers become their base layers (peft's safe merge), the adapter's decoder copy replaces the
+    shared decoder, added modules fold into the layers they wrap; `model` is unchanged. Methods that cannot
+    merge (a nonlinear addition) raise: export the adapted model as it is (`export.compile(model)`).
     """
     name = adapter or active_adapter(model)
     if name not in records(model):
         raise KeyError(f"no adapter {name!r}; the model has {sorted(records(model))}")
+    method = records(model)[name].method
+    if not get_method(method).merges:
+        raise ValueError(f"method {method!r} cannot be merged into the base weights (its added module is "
+                         "nonlinear); export the adapted model as it is: medsamlite.export.compile(model)")
     return _plain(model, name)
 
 
 def unload(model: nn.Module) -> nn.Module:
-    """A plain copy of the shared base of `model`, without any peft adapter (selection methods keep theirs)."""
+    """A plain copy of the shared base of `model`, without peft adapters or added modules (selections stay)."""
     return _plain(model, None)
 
 
 def _plain(model: nn.Module, name: str | None) -> nn.Module:
     from ..checkpoints import clear_caches
+    from .wrappers import replace
 
     plain = copy.deepcopy(model)
     for module_name, module in list(plain.named_modules()):
         if isinstance(module, BaseTunerLayer):
-            if name is not None and name in module.lora_A:
-                module.merge(safe_merge=True, adapter_names=[name])
+            if name is not None:
+                tuners.merge_layer(module, name)
             replacement = module.get_base_layer()
         elif isinstance(module, ModulesToSaveWrapper):
             replacement = module.modules_to_save[name] if name in module.modules_to_save else module.original_module
+        elif isinstance(module, Wrapped):
+            replacement = module.merged() if name is not None else module.base
         else:
             continue
-        parent, _, child = module_name.rpartition(".")
-        setattr(plain.get_submodule(parent) if parent else plain, child, replacement)
+        replace(plain, module_name, replacement)
     for attr in ("adapter_records", "active_adapter_name", "peft_config"):
         plain.__dict__.pop(attr, None)
     for p in plain.parameters():
@@ -208,13 +208,13 @@ def _plain(model: nn.Module, name: str | None) -> nn.Module:
 
 
 def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
-    """The adapter's own tensors (peft's adapter state dict, or the selected base parameters)."""
+    """The adapter's own tensors (peft's adapter state dict, or the trained parameters)."""
     name = adapter_name or active_adapter(model)
     rec = records(model)[name]
-    if rec.method in PEFT_METHODS:
-        return dict(get_peft_model_state_dict(model, adapter_name=name))
+    if get_method(rec.method).kind == PEFT:
+        return tuners.state_dict(model, name)
     params = dict(model.named_parameters())
-    return {n: params[n] for n in rec.targets}
+    return {n: params[n] for n in rec.parameters or rec.targets}
 
 
 def save_adapter(model: nn.Module, path: str | Path, adapter_name: str | None = None) -> Path:
@@ -232,12 +232,30 @@ def save_adapter(model: nn.Module, path: str | Path, adapter_name: str | None = 
     return path
 
 
+def save_pretrained(model: nn.Module, directory: str | Path, adapter_name: str | None = None) -> Path:
+    """Write one peft adapter in peft's layout, which `peft.PeftModel.from_pretrained(base, directory)` opens.
+
+    `adapter_config.json` + `adapter_model.safetensors` (peft's files) and `medsamlite_adapter.json` (the
+    record, for `load_adapter`). Methods without a peft layout (ARENA's custom layers, PARAMS methods) raise.
+    """
+    name = adapter_name or active_adapter(model)
+    rec = records(model)[name]
+    if not get_method(rec.method).peft_layout:
+        layouts = [m for m in list_methods(PEFT) if get_method(m).peft_layout]
+        raise ValueError(f"method {rec.method!r} has no peft layout (only {', '.join(layouts)}); "
+                         "use save_adapter(model, 'adapter.safetensors')")
+    return tuners.save_pretrained(model, Path(directory), name, asdict(rec))
+
+
 def read_adapter(path: str | Path) -> tuple[AdapterRecord, dict[str, torch.Tensor]]:
-    """The record and tensors of an adapter file written by `save_adapter`."""
+    """The record and tensors of an adapter file (`save_adapter`) or folder (`save_pretrained`)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.is_dir():
+        record, tensors = tuners.read_pretrained(path)
+        return AdapterRecord(**record), tensors
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such adapter file")
     with safe_open(str(path), framework="pt") as f:
@@ -255,21 +273,23 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str | None = 
         raise ValueError(f"{path}: adapter was trained on encoder {rec.encoder!r} (record key 'encoder'), "
                          f"model '{model.config.name}' has {model.config.encoder!r}")
     name = adapter_name or rec.name
-    if rec.method in PEFT_METHODS:
-        apply(model, rec.method, targets=[re.escape(t) for t in rec.targets], train_decoder=rec.train_decoder,
-              adapter_name=name, **rec.settings)
-        result = set_peft_model_state_dict(model, tensors, adapter_name=name)
-        unexpected = list(getattr(result, "unexpected_keys", []))
+    spec = get_method(rec.method)
+    if spec.kind == PEFT or spec.adds_modules:
+        targets = [re.escape(t) for t in rec.targets] if spec.takes_targets else None
+        apply(model, rec.method, targets=targets, train_decoder=rec.train_decoder, adapter_name=name, **rec.settings)
+    if spec.kind == PEFT:
+        unexpected = tuners.load_state_dict(model, tensors, name)
     else:
-        if records(model):
+        if records(model) and not spec.adds_modules:
             raise ValueError(f"{path}: a {rec.method} adapter replaces base parameters; load it into a model "
                              f"without adapters (this one has {sorted(records(model))})")
         unexpected = [k for k in tensors if k not in dict(model.named_parameters())]
         if not unexpected:
             model.load_state_dict(tensors, strict=False)
-            _train_only(model, tensors)
-            records(model)[name] = AdapterRecord(**{**asdict(rec), "name": name, "targets": sorted(tensors)})
-            model.__dict__["active_adapter_name"] = name
+            if not spec.adds_modules:
+                _train_only(model, tensors)
+                records(model)[name] = AdapterRecord(**{**asdict(rec), "name": name, "parameters": sorted(tensors)})
+                model.__dict__["active_adapter_name"] = name
     if unexpected:
         raise ValueError(f"{path}: tensors {unexpected[:5]} do not fit model '{model.config.name}'")
     return model

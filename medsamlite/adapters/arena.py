@@ -8,7 +8,7 @@ merging all stay peft's; merging folds B·diag(v)·A into W0, where zero compone
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +18,8 @@ from peft.tuners.lora.variants import LoraVariant
 from torch import nn
 
 from .lora import LoraSettings, lora_config
+from .registry import Method, register_method
+from .tuners import peft_apply
 
 GATE = "lora_gate"
 
@@ -27,9 +29,6 @@ class ArenaSettings(LoraSettings):
     """LoRA settings plus the ℓ1 weight λ on the gate; `r` is the initial (maximum) rank."""
 
     lam: float = 1e-3
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _gate(module: lora_layer.LoraLayer, adapter: str, ndim: int) -> torch.Tensor:
@@ -140,3 +139,8 @@ class ProximalStep:
             if v.requires_grad and id(v) in lr:
                 soft_threshold_(v, lr[id(v)] * self.lam)
 
+
+
+METHOD = register_method(Method(
+    "arena", ArenaSettings, peft_apply(arena_config), hook=lambda settings: ProximalStep(settings.lam),
+    description="LoRA with a gate v (W = W0 + B·diag(v)·A) and an l1 penalty on v by a proximal step"))

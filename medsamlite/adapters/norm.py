@@ -1,12 +1,20 @@
-"""Norm tuning: only the affine weight and bias of the normalisation layers train (Affine-LN in FSEFT)."""
+"""Norm tuning: only the affine weight and bias of the normalisation layers train (Affine-LN / BN in FSEFT)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .registry import PARAMS, Applied, Method, Request, register_method
 from .targets import ENCODER
 
 NORMS = (nn.LayerNorm, _BatchNorm, nn.GroupNorm)
+
+
+@dataclass
+class NormSettings:
+    """Norm tuning has no settings."""
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -23,3 +31,12 @@ def norm_parameters(model: nn.Module, include_decoder: bool = False) -> list[str
     if not names:
         raise ValueError(f"model '{model.config.name}' has no affine norm layer to tune")
     return names
+
+
+def apply(model: nn.Module, settings: NormSettings, request: Request) -> Applied:
+    names = norm_parameters(model, request.include_decoder)
+    return Applied(names, names)
+
+
+METHOD = register_method(Method("norm", NormSettings, apply, kind=PARAMS, takes_targets=False,
+                                description="affine weight and bias of every norm layer of the encoder"))

@@ -1,7 +1,8 @@
 """`medsamlite bench [SUITE]`: the benchmark suites, each one module of `medsamlite.benchmark`.
 
 `compare` (the default: `medsamlite bench` with no suite) ranks models on DSC, NSD, runtime and memory;
-`precision` measures every precision the CPU offers against f32; `data` the training-data paths. Each suite writes CSV + markdown + PNG.
+`precision` measures every precision the CPU offers against f32; `latency` the encoders per backend; `train`
+and `data` the training paths; `fewshot` runs the k-shot adaptation protocol. Each suite writes CSV + markdown + PNG.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ SUITES = {
     "latency": ("medsamlite.benchmark.latency", "encoder latency per backend and whole-process cold start"),
     "train": ("medsamlite.benchmark.train", "training images/s and masks/s: processes, K targets, teacher cache, bf16"),
     "data": ("medsamlite.benchmark.data", "training data: items/s of the .npz and prepared paths, index open, prepare"),
+    "fewshot": ("medsamlite.benchmark.fewshot", "k-shot adaptation per modality group: DSC/NSD against k per method"),
 }
 DEFAULT_SUITE = "compare"
 

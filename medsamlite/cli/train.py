@@ -208,7 +208,8 @@ def _daft_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, help="encoder input side (default: the model's)")
     parser.add_argument("--checkpoint", help="weights to start from (any supported layout)")
     parser.add_argument("--pretrained", action="store_true", help="start from the packaged pretrained weights")
-    parser.add_argument("--method", default="lora", help="adaptation method: lora, arena, bitfit, norm, full, ... (default: %(default)s)")
+    parser.add_argument("--method", default="lora", help="adaptation method: lora, arena, adalora, ia3, vera, bitfit, norm, full, decoder, adaptformer, "
+                        "probe, spatial (default: %(default)s)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank / ARENA initial rank")
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--lam", type=float, default=1e-3, help="ARENA ℓ1 weight on the gate")
@@ -234,9 +235,8 @@ def _daft(args: argparse.Namespace) -> int:
     overrides = {"input_size": args.input_size} if args.input_size else {}
     base = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **overrides)
     router = Router(parse_groups(args.groups) if args.groups else dict(DEFAULT_GROUPS), fallback=args.fallback)
-    adapter = {} if args.method not in api.PEFT_METHODS else {"r": args.rank, "alpha": args.alpha}
-    if args.method == "arena":
-        adapter["lam"] = args.lam
+    accepted = api.get_method(args.method).settings.__dataclass_fields__  # each method takes its own settings
+    adapter = {k: v for k, v in {"r": args.rank, "alpha": args.alpha, "lam": args.lam}.items() if k in accepted}
     settings = DaftSettings(args.method, adapter, args.include_decoder, args.train_decoder, args.val_fraction,
                             args.targets_per_image or None)
     config = _loop_config(FinetuneConfig, args, early_stopping_patience=args.patience)

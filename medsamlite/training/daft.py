@@ -9,7 +9,6 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from ..adapters import api
-from ..adapters.arena import ProximalStep
 from ..adapters.daft import DataAwareModel
 from ..runtime.router import Router
 
@@ -47,8 +46,6 @@ def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, set
         model = DataAwareModel.with_adapters(base, router, settings.method, **extra)
     else:
         model = DataAwareModel.with_models(base, router, settings.method, **extra)
-    hooks = [h for h in (ProximalStep(settings.adapter.get("lam", 1e-3)) if settings.method == "arena" else None,
-                         after_step) if h is not None]
     targets = {} if settings.targets_per_image is None else {"targets_per_image": settings.targets_per_image}
     results: dict[str, Any] = {}
     for group in router.groups:
@@ -63,8 +60,9 @@ def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, set
         resume = str(out) if finetune_config.resume and list_checkpoints(out) else None
         config = dataclasses.replace(finetune_config, output_dir=str(out), resume=resume)
         net = model.select(group)
-        result = finetune(net, train, val, config, after_step=_chain(hooks), save=_saver(group),
-                          run_info={"group": group})
+        method_hook = api.after_step(net, group if group in api.records(net) else None)  # e.g. ARENA's proximal step
+        result = finetune(net, train, val, config, after_step=_chain([h for h in (method_hook, after_step) if h]),
+                          save=_saver(group), run_info={"group": group})
         _restore_best(net, group, result.output_dir / "best")
         results[group] = {"cases": len(files), "train": len(train_files), "val": len(val_files),
                           "best_val_loss": result.best_val_loss, "epochs": result.epochs, "steps": result.steps,
@@ -93,7 +91,7 @@ def _restore_best(net: nn.Module, group: str, directory: Path) -> None:
     if not path.exists():
         return
     _, tensors = api.read_adapter(path)
-    if group in api.records(net) and api.records(net)[group].method in api.PEFT_METHODS:
+    if group in api.records(net) and api.get_method(api.records(net)[group].method).kind == api.PEFT:
         from peft.functional import set_peft_model_state_dict
 
         set_peft_model_state_dict(net, tensors, adapter_name=group)

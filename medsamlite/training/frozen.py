@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from torch import nn
 
-# adapter methods that save parameters only: running statistics they let drift would be lost on reload
-_PARAMETER_ONLY = ("lora", "arena", "bitfit", "norm")
+# methods that train (and save) a whole model; every other adapter method saves parameters only, so running
+# statistics it let drift would be lost on reload
+_WHOLE_MODEL = ("full", "decoder")
 
 
 def _records(model: nn.Module) -> dict:
@@ -22,7 +23,7 @@ def _records(model: nn.Module) -> dict:
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
     """The largest submodules with parameters of which none trains; under an adapter, also every layer
     with running statistics (an adapter file holds parameters only, so the base's statistics must stay)."""
-    adapted = any(r.method in _PARAMETER_ONLY for r in _records(model).values())
+    adapted = any(r.method not in _WHOLE_MODEL for r in _records(model).values())
     frozen: list[nn.Module] = []
     inside: set[int] = set()
     for module in model.modules():

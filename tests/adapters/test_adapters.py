@@ -13,7 +13,7 @@ from torch import nn
 import medsamlite
 from medsamlite import adapters
 from medsamlite.adapters.arena import ArenaSettings, ProximalStep, arena_config, soft_threshold_
-from medsamlite.adapters.lora import inject
+from medsamlite.adapters.tuners import inject
 from medsamlite.adapters.targets import adaptable, default_patterns, resolve_targets
 from medsamlite.factory import get_encoder_spec
 

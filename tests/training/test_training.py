@@ -14,12 +14,9 @@ import pytest
 import torch
 
 from conftest import REPO
-from medsamlite.data.datasets import NpzImageDataset, NpzSliceDataset, case_files, mask_to_frame, read_image, \
-    read_labels, split_cases
+from medsamlite.data.datasets import NpzImageDataset, NpzSliceDataset, case_files, split_cases
 from medsamlite.data.samplers import ModalityBalancedSampler
 from medsamlite.factory import build_model, load_model
-from medsamlite.runtime.modality import case_stem
-from medsamlite.runtime.preprocess import preprocess_image, scale_boxes
 from medsamlite.training import state
 from medsamlite.training.distill import DistillConfig, distill
 from medsamlite.training.finetune import BoxForward, FinetuneConfig, FinetuneTask, evaluate, finetune
@@ -51,31 +48,9 @@ def datasets(case_dir: Path):
             NpzSliceDataset(val_files, tiny.CONFIG, augment=False, seed=2))
 
 
-class KTargets(NpzSliceDataset):
-    """Items with K targets as the data contract gives them (the data branch's datasets after the merge)."""
-
-    def __init__(self, cases, config, k: int = 3, **kwargs) -> None:
-        self.k = k
-        super().__init__(cases, config, augment=False, **kwargs)
-
-    def __getitem__(self, index: int) -> dict:
-        path = self.files[self.entries[index].case]
-        image = read_image(path)
-        gts = read_labels(path, image.shape)
-        x, _ = preprocess_image(image, self.input_size, self.normalization)
-        k, m = self.k, self.mask_size
-        boxes, masks = np.zeros((k, 4), np.float32), np.zeros((k, 1, m, m), np.float32)
-        valid, labels = np.zeros(k, bool), np.zeros(k, np.int64)
-        for j, label in enumerate(np.unique(gts[gts > 0])[:k]):
-            mask = gts == label
-            ys, xs = np.nonzero(mask)
-            boxes[j] = scale_boxes(np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], float), mask.shape,
-                                   self.input_size)[0]
-            masks[j, 0] = mask_to_frame(mask, self.input_size, m)
-            valid[j], labels[j] = True, label
-        return {"image": torch.from_numpy(x[0]), "boxes": torch.from_numpy(boxes), "masks": torch.from_numpy(masks),
-                "valid": torch.from_numpy(valid), "labels": torch.from_numpy(labels),
-                "modality": self.case_modalities[self.entries[index].case], "case": case_stem(path), "slice": -1}
+def k_targets(cases, config, k: int) -> NpzSliceDataset:
+    """Items with K targets (the data contract), without augmentation."""
+    return NpzSliceDataset(cases, config, augment=False, targets_per_image=k)
 
 
 class Interrupt(Exception):
@@ -206,7 +181,7 @@ def test_daft_resume_equals_the_uninterrupted_run(tmp_path, case_dir):
 
 def test_k_targets_one_encoder_pass_one_decoder_call_loss_over_valid_masks(case_dir):
     net = model()
-    data = KTargets(case_dir, net.config, k=3)
+    data = k_targets(case_dir, net.config, 3)
     batch = torch.utils.data.default_collate([data[i] for i in range(4)])
     valid = batch["valid"]
     assert valid.sum() < valid.numel() and valid[:, 0].all()  # some images have fewer than 3 labels
@@ -227,7 +202,7 @@ def test_k_targets_one_encoder_pass_one_decoder_call_loss_over_valid_masks(case_
 
 
 def test_k_targets_train_and_validate(tmp_path, case_dir):
-    data = KTargets(case_dir, tiny.CONFIG, k=3)
+    data = k_targets(case_dir, tiny.CONFIG, 3)
     result = finetune(model(), data, data, FinetuneConfig(output_dir=str(tmp_path), epochs=2, batch_size=4, lr=3e-3,
                                                           progress=False))
     assert result.steps == 8 and np.isfinite(result.best_val_loss)
@@ -237,7 +212,7 @@ def test_k_targets_train_and_validate(tmp_path, case_dir):
 
 
 def test_grad_accumulation_equals_the_larger_batch(tmp_path, case_dir):
-    data = KTargets(case_dir, tiny.CONFIG, k=1)  # one valid mask per image: batch means are comparable
+    data = k_targets(case_dir, tiny.CONFIG, 1)  # one valid mask per image: batch means are comparable
     common = dict(max_steps=4, lr=1e-4, progress=False, freeze=tiny.decoder_only(model()))
     big, small = model(), model()
     a = finetune(big, data, None, FinetuneConfig(output_dir=str(tmp_path / "a"), batch_size=4, **common))
@@ -248,7 +223,7 @@ def test_grad_accumulation_equals_the_larger_batch(tmp_path, case_dir):
 
 
 def test_bf16_trains_on_cpu_and_fp16_needs_cuda(tmp_path, case_dir):
-    data = KTargets(case_dir, tiny.CONFIG, k=2)
+    data = k_targets(case_dir, tiny.CONFIG, 2)
     result = finetune(model(), data, None, FinetuneConfig(output_dir=str(tmp_path / "bf16"), max_steps=2,
                                                           precision="bf16", progress=False))
     assert result.steps == 2 and np.isfinite(result.losses).all()
