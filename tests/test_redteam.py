@@ -404,8 +404,8 @@ def _small_model() -> torch.nn.Module:
 def _tiny_config(out: Path, **changes):
     from medsamlite.training.finetune import FinetuneConfig
 
-    return FinetuneConfig(output_dir=str(out), epochs=1, max_steps=2, batch_size=1, lr=1e-2, device="cpu",
-                          progress=False, **changes)
+    settings = dict(epochs=1, max_steps=2, batch_size=1, lr=1e-2, device="cpu", progress=False)
+    return FinetuneConfig(output_dir=str(out), **{**settings, **changes})
 
 
 def _buffers(module: torch.nn.Module, prefix: str = "image_encoder.") -> dict[str, torch.Tensor]:
