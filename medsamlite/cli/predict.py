@@ -20,6 +20,8 @@ from .errors import SetupError, one_line, writable_folder
 
 CSV_FIELDS = ("case", "kind", "shape", "boxes", "status", "seconds", *PHASES)
 TIMINGS_FILE, RUN_FILE = "timings.csv", "run.json"
+# what atomic_file leaves when a run is killed: .NAME. + mkstemp's 8 random characters + .tmp
+ORPHANS = ".*.????????.tmp"
 # exit status of a run stopped by SIGINT (128 + SIGINT, as a shell reports it)
 INTERRUPTED = 130
 
@@ -92,7 +94,7 @@ def _one_line(error: BaseException, path: Path) -> str:
 def prepare_output(folder: Path) -> None:
     """The output folder, writable, without the temporary files of an earlier run that was killed."""
     writable_folder(folder)
-    removed = remove_orphans(folder, ".*.tmp")
+    removed = remove_orphans(folder, ORPHANS)
     if removed:
         print(f"warning: removed {len(removed)} temporary files of an earlier interrupted run in {folder}",
               file=sys.stderr)

@@ -85,7 +85,7 @@ def chmod_per_umask(path: str | Path) -> None:
 def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that becomes `path` (umask modes) in one rename when the block ends; nothing on error.
 
-    The temporary name is `.NAME.XXXX.tmp` beside `path`, which `remove_orphans(folder, ".*.tmp")` clears.
+    The temporary name is `.NAME.XXXXXXXX.tmp` beside `path` (what `remove_orphans` clears after a kill).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
