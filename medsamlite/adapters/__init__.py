@@ -19,7 +19,7 @@ _LAZY = {
     "ProximalStep": "arena", "effective_ranks": "arena", "gates": "arena", "l1_norm": "arena",
     "ArenaSettings": "arena", "LoraSettings": "lora", "AdaLoraSettings": "adalora", "RankAllocation": "adalora",
     "resolve_targets": "targets", "default_patterns": "targets",
-    "DataAwareModel": "daft", "Router": "router",
+    "DataAwareModel": "daft",
 }
 
 __all__ = sorted(_LAZY)
