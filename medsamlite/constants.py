@@ -11,6 +11,8 @@ BACKENDS = ("torch", "openvino", "onnxruntime")
 RUNTIME_BACKENDS = ("openvino", "onnxruntime")
 # "f32" exact everywhere; "bf16" where the CPU has it; "int8" NNCF-quantised encoder; "auto" the runtime's choice
 PRECISIONS = ("f32", "bf16", "int8", "auto")
+# mask decoders: "dense" (SAM's, every box from scratch); "factorised" (box-independent part once per image)
+DECODERS = ("dense", "factorised")
 # the phases a case's time is split into (timings.csv, benchmarks)
 PHASES = ("read", "preprocess", "encode", "decode", "postprocess", "write")
 
