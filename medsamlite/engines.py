@@ -12,7 +12,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .constants import BACKENDS
+from .constants import BACKENDS, DECODERS
 from .runtime import folders
 
 if TYPE_CHECKING:
@@ -42,35 +42,40 @@ def torch_precision(precision: str | None) -> str:
 
 def open(source: Any, *, backend: str = "auto", precision: str | None = None, threads: int | None = None,
          checkpoint: str | Path | None = None, pretrained: bool | None = None, trust_checkpoint: bool = False,
-         cache_dir: str | Path | None = None, on_compile: Callable[[str], None] | None = None
-         ) -> "Engine | RoutedPredictor":
+         cache_dir: str | Path | None = None, on_compile: Callable[[str], None] | None = None,
+         decoder: str = "dense") -> "Engine | RoutedPredictor":
     """An engine for `source` (a `RoutedPredictor` for a data-aware folder).
 
     `pretrained=None` takes a registered model's packaged weights when it has them and is an error otherwise
     (pass `checkpoint=`). `precision` defaults to f32, or to what a compiled folder was exported with.
-    `on_compile(message)` is called once before a model is compiled (not on a cache hit).
+    `on_compile(message)` is called once before a model is compiled (not on a cache hit). `decoder`:
+    "dense" (SAM's) or "factorised" (exact to rounding, less work per box; torch backend only so far).
     """
     if backend not in ("auto", *BACKENDS):
         raise OpenError(f"backend {backend!r}; expected auto or one of {', '.join(BACKENDS)}")
+    if decoder not in DECODERS:
+        raise OpenError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         if checkpoint is not None or pretrained:
             raise OpenError(f"{source}: a model folder holds its own weights; drop checkpoint/pretrained")
-        return _open_folder(Path(source), backend, precision, threads, cache_dir, on_compile)
+        return _open_folder(Path(source), backend, precision, threads, cache_dir, on_compile, decoder)
     if isinstance(source, (str, Path)):
         model = _registered(str(source), checkpoint, pretrained, trust_checkpoint)
     else:
         model = source
-    return _engine(model, backend, precision, threads, cache_dir, on_compile)
+    return _engine(model, backend, precision, threads, cache_dir, on_compile, decoder)
 
 
 def _open_folder(folder: Path, backend: str, precision: str | None, threads: int | None,
-                 cache_dir: str | Path | None, on_compile: Callable[[str], None] | None) -> Any:
+                 cache_dir: str | Path | None, on_compile: Callable[[str], None] | None, decoder: str) -> Any:
     try:
         kind = folders.describe(folder)
     except ValueError as error:
         raise OpenError(str(error)) from None
     runtime_backend = None if backend == "auto" else backend
     if kind in (folders.COMPILED, folders.ROUTED_COMPILED):
+        _torch_only(decoder, folder)
         if backend == "torch":
             raise OpenError(f"{folder}: an exported folder runs on its runtime; use backend auto or its runtime")
         if kind == folders.COMPILED:
@@ -83,12 +88,13 @@ def _open_folder(folder: Path, backend: str, precision: str | None, threads: int
     if kind == folders.MODEL:
         from .factory import load_model
 
-        return _engine(load_model(folder), backend, precision, threads, cache_dir, on_compile)
+        return _engine(load_model(folder), backend, precision, threads, cache_dir, on_compile, decoder)
     from .adapters.daft import DataAwareModel
     from .runtime.routed import Lazy, RoutedPredictor
 
     model = DataAwareModel.load(folder)
-    sources = {group: Lazy(lambda g=group: _engine(model.plain(g), backend, precision, threads, cache_dir, on_compile))
+    sources = {group: Lazy(lambda g=group: _engine(model.plain(g), backend, precision, threads, cache_dir,
+                                                   on_compile, decoder))
                for group in model.router.names}
     return RoutedPredictor(model.router, sources)
 
@@ -106,15 +112,23 @@ def _registered(name: str, checkpoint: str | Path | None, pretrained: bool | Non
     return create_model(name, checkpoint=checkpoint, trust_checkpoint=trust)
 
 
+def _torch_only(decoder: str, source: Any) -> None:
+    if decoder != "dense":
+        raise OpenError(f"{source}: decoder {decoder!r} runs on the torch backend only so far; "
+                        "use backend torch or decoder dense")
+
+
 def _engine(model: Any, backend: str, precision: str | None, threads: int | None, cache_dir: str | Path | None,
-            on_compile: Callable[[str], None] | None) -> "Engine":
+            on_compile: Callable[[str], None] | None, decoder: str = "dense") -> "Engine":
     backend = default_backend() if backend == "auto" else backend
+    if backend != "torch":
+        _torch_only(decoder, model.config.name)
     if backend == "torch":
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        return model.as_engine(precision=torch_precision(precision))
+        return model.as_engine(precision=torch_precision(precision), decoder=decoder)
     from .export import compile
 
     return compile(model, backend=backend, precision=precision or "f32", threads=threads, cache_dir=cache_dir,

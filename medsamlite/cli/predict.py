@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..constants import BACKENDS, PHASES, find_cases
+from ..constants import BACKENDS, DECODERS, PHASES, find_cases
 from ..runtime.files import atomic_file, remove_orphans
 from .errors import SetupError, one_line, writable_folder
 
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"), default=None,
                         help="default: f32 (exact), or what an exported folder was exported with; bf16; "
                              "auto: bf16 where the CPU has it natively (torch), the runtime's default otherwise")
+    parser.add_argument("--decoder", choices=DECODERS, default="dense",
+                        help="dense: SAM's decoder per box (default); factorised: the same logits to rounding, the "
+                             "box-independent part once per image (torch backend)")
     parser.add_argument("--chunk-size", type=int, default=64, help="most boxes per decoder call")
     parser.add_argument("--encode-batch", type=int, default=4,
                         help="3D: most distinct slices per encoder call, run in parallel OpenVINO streams (1: one "
@@ -64,7 +67,8 @@ def load_engine(args: argparse.Namespace) -> Any:
     try:
         return open_model(args.model, backend=backend, precision=args.precision, threads=args.threads,
                           checkpoint=args.checkpoint, pretrained=True if args.pretrained else None,
-                          trust_checkpoint=getattr(args, "trust_checkpoint", False))
+                          trust_checkpoint=getattr(args, "trust_checkpoint", False),
+                          decoder=getattr(args, "decoder", "dense"))
     except (OSError, ValueError, KeyError, RuntimeError) as error:  # CheckpointError is a RuntimeError
         raise SetupError(f"cannot load model '{args.model}': {one_line(error)}") from None
 

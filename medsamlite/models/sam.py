@@ -7,6 +7,8 @@ from torch import nn
 from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
+from ..constants import DECODERS
+from .factorised_decoder import FactorisedMaskDecoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
@@ -48,22 +50,44 @@ class SamLite(nn.Module):
         """Preprocessed images (B, 3, S, S) to image embeddings (B, 256, 64, 64)."""
         return self.image_encoder(images)
 
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, multimask_output: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boxes (N, 4) in the S frame on one shared (1, ...) or N paired embeddings to low-res logits and IoU."""
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, multimask_output: bool = False,
+               decoder: str = "dense") -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (N, 4) in the S frame on one shared (1, ...) or N paired embeddings to low-res logits and IoU.
+
+        decoder="factorised" (one shared embedding only) gives the dense decoder's logits up to rounding
+        by `prepare` + `decode_prepared`.
+        """
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+        if decoder == "factorised":
+            if embeddings.shape[0] != 1:
+                raise ValueError(f"decoder='factorised' takes one shared embedding, got {embeddings.shape[0]}")
+            return self.decode_prepared(self.prepare(embeddings), boxes, multimask_output)
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes.reshape(-1, 1, 4).float(), masks=None)
         return self.mask_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+
+    def prepare(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The factorised decoder's box-independent tensors of image embeddings (I, C, h, w)."""
+        pe = self.prompt_encoder
+        return FactorisedMaskDecoder(self.mask_decoder).prepare(embeddings, pe.get_dense_pe(), pe.no_mask_embed.weight)
+
+    def decode_prepared(self, prepared: dict[str, torch.Tensor], boxes: torch.Tensor, multimask_output: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (N, 4) on one image's `prepare`d tensors to low-res logits and IoU (the factorised decoder)."""
+        sparse, _ = self.prompt_encoder(points=None, boxes=boxes.reshape(-1, 1, 4).float(), masks=None)
+        return FactorisedMaskDecoder(self.mask_decoder)(prepared, self.prompt_encoder.get_dense_pe(), sparse,
+                                                        multimask_output)
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, multimask_output: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """One box per image: (B, 3, S, S) and (B, 4) to logits (B, 1, 256, 256) and IoU (B, 1)."""
         return self.decode(self.encode(images), boxes, multimask_output)
 
-    def as_engine(self, precision: str = "f32") -> "TorchEngine":
+    def as_engine(self, precision: str = "f32", decoder: str = "dense") -> "TorchEngine":
         """This model behind the runtime's numpy engine protocol (what `Predictor(model)` uses)."""
         from ..torch_engine import TorchEngine
 
-        return TorchEngine(self, precision=precision)
+        return TorchEngine(self, precision=precision, decoder=decoder)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of each part and in total."""

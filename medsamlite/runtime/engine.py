@@ -38,14 +38,14 @@ def no_boxes(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 1, side, side), np.float32), np.zeros((0, 1), np.float32)
 
 
-def as_engine(obj: Any, precision: str = "f32") -> Engine:
+def as_engine(obj: Any, precision: str = "f32", decoder: str = "dense") -> Engine:
     """`obj` itself when it is an engine; a model that offers one (`obj.as_engine`, e.g. a torch SamLite) wrapped.
 
     The runtime never imports the torch side: a torch model brings its own engine.
     """
     to_engine = getattr(obj, "as_engine", None)
     if callable(to_engine):
-        return to_engine(precision=precision)
+        return to_engine(precision=precision, decoder=decoder)
     if isinstance(obj, Engine) and isinstance(getattr(obj, "config", None), ModelConfig):
         return obj
     raise TypeError(f"{type(obj).__name__} is not a model: expected a torch SamLite or an engine with "

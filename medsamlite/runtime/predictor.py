@@ -112,17 +112,17 @@ class Predictor:
     "argmax" (each pixel goes to the box with the highest logit among those whose mask covers it).
     cache_slices: most slice embeddings held at once in 3D (4 MB each at 256x64x64; 64 = 256 MB).
     encode_batch: most slices per encoder call in 3D; OpenVINO runs a call's slices in parallel streams.
-    precision: "f32" or "bf16", used only when wrapping a torch model.
+    precision: "f32" or "bf16", decoder: "dense" or "factorised", both used only when wrapping a torch model.
     """
 
     def __init__(self, model: Any, chunk_size: int = 64, overlap: str = "order", cache_slices: int = 64,
-                 encode_batch: int = 4, precision: str = "f32") -> None:
+                 encode_batch: int = 4, precision: str = "f32", decoder: str = "dense") -> None:
         if overlap not in OVERLAPS:
             raise ValueError(f"overlap {overlap!r}; expected one of {OVERLAPS}")
         for name, value in (("chunk_size", chunk_size), ("cache_slices", cache_slices), ("encode_batch", encode_batch)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.engine = as_engine(model, precision=precision)
+        self.engine = as_engine(model, precision=precision, decoder=decoder)
         self.config = self.engine.config
         self.chunk_size, self.overlap = int(chunk_size), overlap
         self.cache_slices, self.encode_batch = int(cache_slices), int(encode_batch)
