@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -118,12 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("data-results"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
 def run(args: argparse.Namespace) -> int:
     """The measurements of `args` (see `add_arguments`); writes the reports and prints the table."""
     from ..data.datasets import NpzSliceDataset
@@ -185,7 +178,3 @@ def run(args: argparse.Namespace) -> int:
     plot(rows, args.out / "data.png", cpu_summary())
     print((args.out / "data.md").read_text())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,6 @@ fewshot_summary.csv, fewshot.md (mean over groups and draws) and fewshot.png (DS
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .report import machine_header, markdown_table, write_csv, write_markdown
@@ -113,13 +112,3 @@ def run(args: argparse.Namespace) -> int:
     plot(summary, args.out / "fewshot.png", f"{args.model}; {cpu_summary()}")
     print((args.out / "fewshot.md").read_text())
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -114,13 +114,3 @@ def run(args: argparse.Namespace) -> int:
                  "medsamlite train: images/s (masks/s in train.md)", ylabel="images/s")
     print((args.out / "train.md").read_text())
     return 0 if len(ok) == len(rows) else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
