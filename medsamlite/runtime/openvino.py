@@ -4,9 +4,15 @@ The CPU plugin's precision is set explicitly (`INFERENCE_PRECISION_HINT`) becaus
 bf16 on CPUs with AMX and f32 elsewhere. Its model cache (`CACHE_DIR`) lives in the compiled folder,
 one sub-folder per precision: OpenVINO 2026.4 names the cached blob the same for every precision hint,
 and loading a blob compiled at f32 with the bf16 hint crashes the process.
+
+Every model opens on one `ov.Core` per process (`shared_core`), because each Core's CPU plugin swaps the
+calling thread's alternate signal stack for its own and puts back the one it found when it is freed: Cores
+freed in the order they were made leave the thread on an unmapped stack, and the next signal handled there
+(SIGINT in `predict`, SIGCHLD under torch's DataLoader) kills the process with SIGSEGV.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,12 @@ DEVICE = "CPU"
 _TYPE_NAMES = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 _COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul", "Deconvolution")
 
+
+
+@functools.cache
+def shared_core() -> ov.Core:
+    """The process's one `ov.Core` (see the module docstring for why there is only one)."""
+    return ov.Core()
 
 
 def _hint(core: ov.Core, precision: str) -> str | None:
@@ -53,7 +65,7 @@ class OpenVINOSam(CompiledSam):
 
     def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None) -> None:
         super().__init__(path, meta)
-        core = ov.Core()
+        core = shared_core()
         hint = _hint(core, self.requested_precision)
         config: dict[str, Any] = {}
         if hint is not None:

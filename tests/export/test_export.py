@@ -42,10 +42,10 @@ def random_images(size: int, n: int = 1, seed: int = 0) -> np.ndarray:
 
 
 def test_decoder_graph_is_static_and_decode_takes_any_number_of_boxes(cache_dir: Path) -> None:
-    import openvino as ov
+    from medsamlite.runtime.openvino import shared_core
 
     compiled = compile(torch_model(CHEAP), "openvino", cache_dir=cache_dir)
-    graph = ov.Core().read_model(str(compiled.path / compiled.meta["files"]["decoder"]))
+    graph = shared_core().read_model(str(compiled.path / compiled.meta["files"]["decoder"]))
     assert [tuple(i.get_partial_shape().to_shape()) for i in graph.inputs] == [(1, 256, 64, 64), (1, 4)]
     embedding = reference(CHEAP).embedding
     boxes = np.array([[10, 20, 120, 200], [60, 30, 250, 180], [0, 0, 255, 255], [5, 5, 50, 60]], np.float32)

@@ -18,6 +18,7 @@ from medsamlite.runtime.compiled import load
 from medsamlite.runtime.precision import PrecisionWarning, cpu_summary, cpu_supports_bf16
 from medsamlite.runtime.precision import check_precision, cpu_name
 from medsamlite.runtime import Predictor
+from medsamlite.runtime.openvino import shared_core
 from test_export import MODELS, golden_case_inputs, random_images, torch_model
 
 BF16 = cpu_supports_bf16()
@@ -25,7 +26,7 @@ BF16 = cpu_supports_bf16()
 
 def test_cpu_summary_names_the_cpu() -> None:
     assert cpu_name() in cpu_summary()
-    assert BF16 == ("BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    assert BF16 == ("BF16" in shared_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def test_unknown_precision_is_refused(cache_dir: Path) -> None:
@@ -93,7 +94,7 @@ def test_onnxruntime_bf16_falls_back_to_f32(cache_dir: Path) -> None:
 
 
 def test_auto_records_what_the_runtime_chose(cache_dir: Path) -> None:
-    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    default = shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
     compiled = compile(torch_model("litemedsam"), "openvino", cache_dir=cache_dir, precision="auto")
     assert compiled.requested_precision == "auto" and compiled.precision == default
     assert compiled.precision == ("bf16" if BF16 else "f32")  # OpenVINO's CPU default follows native bf16
