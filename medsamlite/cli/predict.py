@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         out.write((json.dumps(summary, indent=2) + "\n").encode())
     slow = f"; slowest {slowest[1]} ({slowest[0]:.2f} s)" if slowest[1] else ""
     print(f"predict: {counts['ok']} done, {counts['error']} failed, {counts['skipped']} skipped of {len(cases)} "
-          f"cases in {total:.1f} s{slow}" + (" (interrupted)" if interrupted else ""), file=sys.stderr)
+          f"cases in {total:.1f} s{slow}" + (" (stopped by SIGINT)" if interrupted else ""), file=sys.stderr)
     if counts["error"]:
         print(f"error: {counts['error']} of {len(cases)} cases failed", file=sys.stderr)
     if interrupted:
