@@ -161,15 +161,18 @@ def test_overlay_writes_a_png_per_case(exported, tmp_path) -> None:
     assert montage.shape[0] == 233 and montage.shape[1] == 2 * 256  # two boxes: two tiles of 256 px wide
 
 
-@pytest.mark.parametrize("problem", ["unknown model", "no such input"])
+@pytest.mark.parametrize("problem", ["unknown model", "no such model folder", "no such input"])
 def test_a_run_that_fails_before_its_first_case_leaves_no_output_folder(problem, tmp_path) -> None:
     cases = _cases(tmp_path / "in", ("2DBox_a.npz",))
     output = tmp_path / "new" / "out"
     args = {"unknown model": ("-i", cases, "--model", "no-such-model"),
+            "no such model folder": ("-i", cases, "--model", tmp_path / "runs" / "daft" / "model"),
             "no such input": ("-i", tmp_path / "missing", "--model", CHEAP)}[problem]
     result = cli(*args, "-o", output)
     assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    if problem == "no such model folder":  # a path is not looked up as a registered name (the old KeyError)
+        assert "no such model folder" in result.stderr and "KeyError" not in result.stderr
     assert not (tmp_path / "new").exists()
 
 
