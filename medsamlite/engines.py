@@ -3,12 +3,13 @@
 A source is a registered model name (with `checkpoint=` or its packaged weights), a torch model, or a folder
 whose `format` field says what it is: a saved torch model, a compiled (exported) model, or a data-aware set
 of either behind a router. A compiled folder opens torch-free; a torch model runs on `backend`:
-"auto" (OpenVINO where installed, else torch), "torch", "openvino" or "onnxruntime" (compiled once through
-the compile-and-cache utility, then loaded from the cache).
+"auto" (OpenVINO where installed, else torch; torch for the factorised decoder), "torch", "openvino" or
+"onnxruntime" (compiled once through the compile-and-cache utility, then loaded from the cache).
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -61,6 +62,7 @@ def open(source: Any, *, backend: str = "auto", precision: str | None = None, th
             raise OpenError(f"{source}: a model folder holds its own weights; drop checkpoint/pretrained")
         return _open_folder(Path(source), backend, precision, threads, cache_dir, on_compile, decoder)
     if isinstance(source, (str, Path)):
+        _not_a_path(source)
         model = _registered(str(source), checkpoint, pretrained, trust_checkpoint)
     else:
         model = source
@@ -99,6 +101,17 @@ def _open_folder(folder: Path, backend: str, precision: str | None, threads: int
     return RoutedPredictor(model.router, sources)
 
 
+def _not_a_path(source: str | Path) -> None:
+    """A source that names a path (a separator, or an existing file) and is no folder: say so, not "unknown model"."""
+    text = str(source)
+    if Path(text).is_file():
+        raise OpenError(f"{text}: is a file, not a model folder; pass weights as checkpoint= (--checkpoint) "
+                        "with a registered model name")
+    if isinstance(source, Path) or "/" in text or os.sep in text:
+        raise OpenError(f"{text}: no such model folder; expected a folder written by medsamlite (save_model, "
+                        "DataAwareModel.save, export or train) or a registered model name")
+
+
 def _registered(name: str, checkpoint: str | Path | None, pretrained: bool | None, trust: bool) -> Any:
     from .factory import create_model, has_pretrained
     from .registry import get_model_config
@@ -120,7 +133,8 @@ def _torch_only(decoder: str, source: Any) -> None:
 
 def _engine(model: Any, backend: str, precision: str | None, threads: int | None, cache_dir: str | Path | None,
             on_compile: Callable[[str], None] | None, decoder: str = "dense") -> "Engine":
-    backend = default_backend() if backend == "auto" else backend
+    if backend == "auto":  # the factorised decoder runs on torch only so far: auto picks torch for it
+        backend = default_backend() if decoder == "dense" else "torch"
     if backend != "torch":
         _torch_only(decoder, model.config.name)
     if backend == "torch":

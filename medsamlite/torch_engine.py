@@ -42,6 +42,11 @@ class TorchEngine:
         self.decoder = decoder
 
     @property
+    def threads(self) -> int:
+        """torch's intra-op threads (what `--threads` sets through `torch.set_num_threads`)."""
+        return torch.get_num_threads()
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

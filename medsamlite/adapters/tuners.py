@@ -49,10 +49,16 @@ def inject(model: nn.Module, config: PeftConfig, adapter_name: str,
     """Add adapter `adapter_name` to `model` in place and make it the active, only trainable one."""
     if adapter_name in getattr(model, "peft_config", {}):
         raise ValueError(f"model already has an adapter named {adapter_name!r}; pick another adapter_name")
-    if inject_with is None:
-        inject_adapter_in_model(config, model, adapter_name=adapter_name)
-    else:
-        inject_with(config, model, adapter_name)
+    # peft's tuner reads an existing `model.peft_config` as "someone is stacking adapters by hand" and warns;
+    # it then only adds the new config to that dict, so the tuner is given a clean model and the dicts joined
+    others = model.__dict__.pop("peft_config", {})
+    try:
+        if inject_with is None:
+            inject_adapter_in_model(config, model, adapter_name=adapter_name)
+        else:
+            inject_with(config, model, adapter_name)
+    finally:
+        model.peft_config = {**others, **getattr(model, "peft_config", {})}
     activate(model, adapter_name)
     return model
 

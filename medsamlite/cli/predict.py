@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import signal
 import sys
@@ -18,7 +19,7 @@ from ..constants import BACKENDS, DECODERS, PHASES, find_cases
 from ..runtime.files import atomic_file, remove_orphans
 from .errors import SetupError, one_line, writable_folder
 
-CSV_FIELDS = ("case", "kind", "shape", "boxes", "status", "seconds", *PHASES)
+CSV_FIELDS = ("case", "group", "kind", "shape", "boxes", "status", "seconds", *PHASES)
 TIMINGS_FILE, RUN_FILE = "timings.csv", "run.json"
 # what atomic_file leaves when a run is killed: .NAME. + mkstemp's 8 random characters + .tmp
 ORPHANS = ".*.????????.tmp"
@@ -39,10 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="the model's packaged weights (the default when it has them)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow a --checkpoint that is a whole pickled model: reading it runs code from the file")
-    parser.add_argument("--backend", choices=("auto", *BACKENDS), default=None,
-                        help="default: the runtime of an exported folder, else torch; openvino/onnxruntime "
-                             "with a registered model compiles it once into the cache")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the runtime")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="auto (default): an exported folder on its runtime, any other model compiled once "
+                             "into the cache for OpenVINO where it is installed (else torch); torch: no compile; "
+                             "--decoder factorised picks torch")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of the runtime (OpenVINO INFERENCE_NUM_THREADS, torch.set_num_threads)")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="skip cases whose output exists (a rerun after an interruption does the rest); "
+                             "timings.csv is appended to")
+    parser.add_argument("--overlay", type=Path, default=None, metavar="DIR",
+                        help="also write a PNG per case to DIR: the image, the boxes, each label's contour "
+                             "(3D: a montage of each box's middle slice)")
     parser.add_argument("--overlap", choices=("order", "argmax"), default="order",
                         help="order: later boxes win (the reference); argmax: highest logit wins")
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"), default=None,
@@ -50,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "auto: bf16 where the CPU has it natively (torch), the runtime's default otherwise")
     parser.add_argument("--decoder", choices=DECODERS, default="dense",
                         help="dense: SAM's decoder per box (default); factorised: the same logits to rounding, the "
-                             "box-independent part once per image (torch backend)")
+                             "box-independent part once per image (torch backend; with --backend auto it "
+                             "runs on torch)")
     parser.add_argument("--chunk-size", type=int, default=64, help="most boxes per decoder call")
     parser.add_argument("--encode-batch", type=int, default=4,
                         help="3D: most distinct slices per encoder call, run in parallel OpenVINO streams (1: one "
@@ -63,12 +73,12 @@ def load_engine(args: argparse.Namespace) -> Any:
     """The engine `args` ask for (through `medsamlite.open`); failures are one-line `SetupError`s."""
     from ..engines import open as open_model
 
-    backend = args.backend or ("auto" if Path(args.model).is_dir() else "torch")
+    decoder = getattr(args, "decoder", "dense")
     try:
-        return open_model(args.model, backend=backend, precision=args.precision, threads=args.threads,
+        return open_model(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                           checkpoint=args.checkpoint, pretrained=True if args.pretrained else None,
-                          trust_checkpoint=getattr(args, "trust_checkpoint", False),
-                          decoder=getattr(args, "decoder", "dense"))
+                          trust_checkpoint=getattr(args, "trust_checkpoint", False), decoder=decoder,
+                          on_compile=lambda message: print(f"medsamlite predict: {message}", file=sys.stderr))
     except (OSError, ValueError, KeyError, RuntimeError) as error:  # CheckpointError is a RuntimeError
         raise SetupError(f"cannot load model '{args.model}': {one_line(error)}") from None
 
@@ -95,13 +105,68 @@ def _one_line(error: BaseException, path: Path) -> str:
     return text if text.startswith(str(path)) else f"{path}: {type(error).__name__}: {text}"
 
 
-def prepare_output(folder: Path) -> None:
-    """The output folder, writable, without the temporary files of an earlier run that was killed."""
+def prepare_output(folder: Path) -> list[Path]:
+    """The output folder, writable, without the temporary files of an earlier run that was killed.
+
+    Returns the folders this call created (the output folder and missing parents, innermost first), so that
+    a run that fails before its first case can remove them again.
+    """
+    created = [p for p in (folder, *folder.absolute().parents) if not p.exists()]
     writable_folder(folder)
     removed = remove_orphans(folder, ORPHANS)
     if removed:
         print(f"warning: removed {len(removed)} temporary files of an earlier interrupted run in {folder}",
               file=sys.stderr)
+    return created
+
+
+def remove_created(folders: list[Path]) -> None:
+    """Remove the folders `prepare_output` created, innermost first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): what is in it is not ours to remove
+            return
+
+
+def open_timings(path: Path, append: bool) -> Any:
+    """timings.csv for writing: truncated, or appended to (rows of an older column set rewritten under ours)."""
+    if not append or not path.exists() or path.stat().st_size == 0:
+        f = open(path, "w", newline="")
+        csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
+        return f
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        fields = tuple(reader.fieldnames or ())
+    if fields != CSV_FIELDS:  # written by another version: keep its rows, missing columns empty
+        with atomic_file(path) as out:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            out.write(text.getvalue().encode())
+    return open(path, "a", newline="")
+
+
+def engine_summary(predictor: Any, requested_precision: str | None) -> dict[str, Any]:
+    """run.json's account of what ran: engine kind ("openvino", "torch", "routed", ...), precision, threads, groups."""
+    from ..runtime.routed import RoutedPredictor
+
+    if not isinstance(predictor, RoutedPredictor):
+        engine = predictor.engine
+        return {"engine": getattr(engine, "backend", type(engine).__name__),
+                "model_name": engine.config.name, "precision": getattr(engine, "precision", requested_precision),
+                "runtime_threads": getattr(engine, "threads", None), "groups": None}
+    served = predictor.served
+    precisions = sorted({str(s["precision"]) for s in served.values()})
+    # nothing loaded (every case skipped): the precision asked for; else what the groups' engines ran at
+    precision = precisions[0] if len(precisions) == 1 else "mixed" if precisions else requested_precision or "default"
+    router = predictor.router
+    return {"engine": "routed", "precision": precision,
+            "runtime_threads": next((s["threads"] for s in served.values() if s.get("threads")), None),
+            "groups": {g: list(m) for g, m in router.groups.items()}, "fallback": router.fallback,
+            "served": served}
 
 
 class StopAfterCase:
@@ -129,67 +194,95 @@ class StopAfterCase:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    created: list[Path] = []
     try:
         cases = input_cases(args.input, args.output)
-        prepare_output(args.output)
+        created = prepare_output(args.output)
         engine = load_engine(args)
+        predictor = _predictor(engine, args)
+        if args.overlay is not None:
+            writable_folder(args.overlay)
     except SetupError as error:
+        remove_created(created)
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except BaseException:  # Ctrl-C while compiling: nothing of this run stays behind either
+        remove_created(created)
+        raise
     load_seconds = time.perf_counter() - start
     from tqdm import tqdm
 
+    counts = {"ok": 0, "error": 0, "skipped": 0}
+    slowest: tuple[float, str] = (0.0, "")
+    with open_timings(args.output / TIMINGS_FILE, args.skip_existing) as f, StopAfterCase() as stop:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        bar = tqdm(cases, desc="predict", unit="case", file=sys.stderr, disable=None)
+        try:
+            for index, path in enumerate(bar, start=1):
+                if stop.requested:
+                    break
+                where = f"[{index}/{len(cases)}] {path.name}"
+                if args.skip_existing and (args.output / path.name).exists():
+                    counts["skipped"] += 1
+                    tqdm.write(f"predict {where}: skipped (output exists)", file=sys.stderr)
+                    continue
+                row = _predict_case(predictor, path, args.output, args.overlay)
+                counts[row["status"]] += 1
+                writer.writerow(row)
+                f.flush()
+                if row["status"] == "ok":
+                    slowest = max(slowest, (float(row["seconds"]), path.name))
+                    if bar.disable:  # no bar on a pipe or log file: one plain line per case instead
+                        group = f" [{row['group']}]" if row["group"] else ""
+                        print(f"predict {where}{group}: ok {float(row['seconds']):.2f} s", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:  # a second SIGINT: the current case is dropped (its output is never half-written)
+            pass
+        finally:
+            bar.close()
+    finished = sum(counts.values())
+    interrupted = stop.requested and finished < len(cases)
+    total = time.perf_counter() - start
+    summary = {"model": str(args.model), **engine_summary(predictor, args.precision),
+               "threads": args.threads, "overlap": args.overlap, "load_seconds": round(load_seconds, 4),
+               "run_seconds": round(total, 4), "cases": len(cases), "done": counts["ok"],
+               "failed": counts["error"], "skipped": counts["skipped"], "interrupted": interrupted}
+    with atomic_file(args.output / RUN_FILE) as out:
+        out.write((json.dumps(summary, indent=2) + "\n").encode())
+    slow = f"; slowest {slowest[1]} ({slowest[0]:.2f} s)" if slowest[1] else ""
+    print(f"predict: {counts['ok']} done, {counts['error']} failed, {counts['skipped']} skipped of {len(cases)} "
+          f"cases in {total:.1f} s{slow}" + (" (stopped by SIGINT)" if interrupted else ""), file=sys.stderr)
+    if counts["error"]:
+        print(f"error: {counts['error']} of {len(cases)} cases failed", file=sys.stderr)
+    if interrupted:
+        return INTERRUPTED
+    return 1 if counts["error"] else 0
+
+
+def _predictor(engine: Any, args: argparse.Namespace) -> Any:
     from ..runtime.routed import as_predictor
 
     options = {"chunk_size": args.chunk_size, "overlap": args.overlap, "cache_slices": args.cache_slices,
                "encode_batch": args.encode_batch}
     try:
-        predictor = as_predictor(engine, **options)
+        return as_predictor(engine, **options)
     except ValueError as error:  # an option out of range, e.g. --encode-batch 0
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    failed, done = 0, 0
-    with open(args.output / TIMINGS_FILE, "w", newline="") as f, StopAfterCase() as stop:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        try:
-            for path in tqdm(cases, desc="predict", unit="case", file=sys.stderr, disable=None):
-                if stop.requested:
-                    break
-                row = _predict_case(predictor, path, args.output)
-                failed += row["status"] == "error"
-                done += 1
-                writer.writerow(row)
-                f.flush()
-        except KeyboardInterrupt:  # a second SIGINT: the current case is dropped (its output is never half-written)
-            pass
-    interrupted = stop.requested and done < len(cases)
-    summary = {"model": str(args.model), "engine": repr(engine), "precision": getattr(engine, "precision", None),
-               "threads": args.threads, "overlap": args.overlap, "load_seconds": round(load_seconds, 4),
-               "run_seconds": round(time.perf_counter() - start, 4), "cases": len(cases), "done": done,
-               "failed": failed, "interrupted": interrupted}
-    with atomic_file(args.output / RUN_FILE) as out:
-        out.write((json.dumps(summary, indent=2) + "\n").encode())
-    if failed:
-        print(f"error: {failed} of {len(cases)} cases failed", file=sys.stderr)
-    if interrupted:
-        return INTERRUPTED
-    return 1 if failed else 0
+        raise SetupError(str(error)) from None
 
 
-def _predict_case(predictor: Any, path: Path, output: Path) -> dict[str, Any]:
+def _predict_case(predictor: Any, path: Path, output: Path, overlay: Path | None) -> dict[str, Any]:
     """Segment one case into `output`; its timings.csv row. One bad case never stops the others."""
     from tqdm import tqdm
 
     row: dict[str, Any] = {"case": path.name, "status": "ok"}
     try:
-        result = predictor.predict_file(path, output / path.name)
+        result = predictor.predict_file(path, output / path.name,
+                                        None if overlay is None else overlay / f"{path.stem}.png")
     except Exception as error:
         tqdm.write(f"error: {_one_line(error, path)}", file=sys.stderr)
         row["status"] = "error"
         return row
     for message in result.warnings:
         tqdm.write(f"warning: {message}", file=sys.stderr)
-    row.update(kind=result.kind, shape="x".join(map(str, result.shape)), boxes=result.boxes,
+    row.update(group=result.group, kind=result.kind, shape="x".join(map(str, result.shape)), boxes=result.boxes,
                seconds=f"{result.seconds:.4f}", **{p: f"{result.phases.get(p, 0.0):.4f}" for p in PHASES})
     return row

@@ -213,7 +213,8 @@ def _daft_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank / ARENA initial rank")
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--lam", type=float, default=1e-3, help="ARENA ℓ1 weight on the gate")
-    parser.add_argument("--groups", help="e.g. '3D=CT,MR,PET;XRay=XRay;US=US' (default: DAFT's nine groups)")
+    parser.add_argument("--groups", help="e.g. '3D=CT@3D,MR@3D,PET@3D;XRay;US' (MODALITY@3D / @2D: that dimension "
+                        "only; default: DAFT's nine groups, docs/adapters.md)")
     parser.add_argument("--fallback", default="general", help="group for unknown names (the base model)")
     parser.add_argument("--include-decoder", action="store_true", help="adapt the decoder's attention/MLP too")
     parser.add_argument("--train-decoder", action="store_true", help="a trainable decoder copy per group")

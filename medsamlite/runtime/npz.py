@@ -53,7 +53,7 @@ def _is_real(a: np.ndarray) -> bool:
     return a.dtype != np.bool_ and (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating))
 
 
-def _infer_kind(imgs: np.ndarray, boxes: np.ndarray, name_kind: str | None, source: str) -> str:
+def _infer_kind(shape: tuple[int, ...], boxes: np.ndarray, name_kind: str | None, source: str) -> str:
     """2D vs 3D from the boxes' width, checked against the file name; the name or image decides for zero boxes."""
     width = boxes.shape[1] if boxes.ndim == 2 else None
     box_kind = {4: "2D", 6: "3D"}.get(width)
@@ -65,7 +65,7 @@ def _infer_kind(imgs: np.ndarray, boxes: np.ndarray, name_kind: str | None, sour
                         f"expected width {BOX_WIDTH[name_kind]}")
     if box_kind or name_kind:
         return box_kind or name_kind
-    return "2D" if imgs.ndim == 2 or (imgs.ndim == 3 and imgs.shape[2] in (1, 3)) else "3D"
+    return "2D" if len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3)) else "3D"
 
 
 def _as_array(value: object, key: str, source: str) -> np.ndarray:
@@ -191,11 +191,28 @@ def read_case(path: str | Path) -> Case:
         imgs = _read_key(archive, "imgs", source)
         boxes = _read_key(archive, "boxes", source)
         spacing = _read_key(archive, "spacing", source) if "spacing" in archive.files else None
-    kind = _infer_kind(imgs, boxes, kind_from_name(path.name), source)
+    kind = _infer_kind(imgs.shape, boxes, kind_from_name(path.name), source)
     imgs, boxes, warnings = check_case(imgs, boxes, kind, source)
     if spacing is not None:
         warnings += _check_spacing(spacing, source)
     return Case(path, kind, imgs, boxes, spacing, warnings)
+
+
+def peek_kind(path: str | Path) -> str:
+    """"2D" / "3D" of a case as `read_case` decides it, from its name, else its boxes and the image's header only."""
+    path = Path(path)
+    name_kind = kind_from_name(path.name)
+    if name_kind is not None:
+        return name_kind
+    try:
+        with np.load(path, allow_pickle=False) as archive, archive.zip.open("imgs.npy") as member:
+            version = np.lib.format.read_magic(member)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = header(member)[0]  # the header only, not the voxels
+            return _infer_kind(tuple(shape), _read_key(archive, "boxes", str(path)), None, str(path))
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile) as error:
+        raise CaseError(f"{path}: cannot tell 2D from 3D ({type(error).__name__}: {error}); expected a task .npz "
+                        "case with keys 'imgs' and 'boxes'") from None
 
 
 def write_segs(path: str | Path, segs: np.ndarray) -> Path:

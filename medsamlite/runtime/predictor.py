@@ -19,6 +19,7 @@ from .preprocess import (box_from_mask, masks_from_logits, pad_bottom_right, pos
                           preprocess_image, resize_longest_side, resized_shape, scale_boxes)
 from .engine import as_engine
 from .npz import CaseError, check_case, label_dtype, read_case, write_segs
+from .overlay import write_overlay
 from .slice_cache import SliceCache
 
 OVERLAPS = ("order", "argmax")
@@ -40,6 +41,7 @@ class CaseResult:
     phases: dict[str, float]
     out_path: Path
     warnings: list[str] = field(default_factory=list)
+    group: str = ""  # the router group that served the case ("" for a plain model)
 
 
 def _finite(values: np.ndarray, what: str) -> np.ndarray:
@@ -145,8 +147,8 @@ class Predictor:
         self.timer.reset()
         return self._predict_3d(*self._checked(volume, boxes, "3D"))
 
-    def predict_file(self, in_path: str | Path, out_path: str | Path) -> CaseResult:
-        """Segment one task `.npz` case and write `segs` to `out_path` atomically."""
+    def predict_file(self, in_path: str | Path, out_path: str | Path, overlay: str | Path | None = None) -> CaseResult:
+        """Segment one task `.npz` case and write `segs` to `out_path` atomically (and an overlay PNG to `overlay`)."""
         start = time.perf_counter()
         self.timer.reset()
         in_path, out_path = Path(in_path), Path(out_path)
@@ -160,6 +162,8 @@ class Predictor:
         segs = predict(case.imgs, case.boxes)
         with self.timer("write"):
             write_segs(out_path, segs)
+            if overlay is not None:
+                write_overlay(overlay, case.kind, case.imgs, case.boxes, segs)
         return CaseResult(case.name, case.kind, tuple(case.imgs.shape), len(case.boxes),
                           time.perf_counter() - start, self.timings, out_path, case.warnings)
 

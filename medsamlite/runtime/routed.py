@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,18 +27,28 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 class RoutedPredictor:
-    """A `Predictor` per router group, built on first use from `sources` (compiled folders or models)."""
+    """A `Predictor` per router group, built on first use from `sources` (compiled folders or models).
 
-    def __init__(self, router: Router, sources: dict[str, Any], **predictor_kwargs: Any) -> None:
+    At most `max_loaded` groups' predictors are held: loading one more evicts the least recently used, and
+    an engine that was built here from a `Lazy` source is closed (`engine.close()`, where it has one); a
+    source given as an engine stays the caller's and is only dropped.
+    """
+
+    def __init__(self, router: Router, sources: dict[str, Any], max_loaded: int = 2,
+                 **predictor_kwargs: Any) -> None:
         missing = [g for g in router.names if g not in sources]
         if missing:
             raise ValueError(f"no model for groups {missing}; sources has {sorted(sources)}")
+        if int(max_loaded) < 1:
+            raise ValueError(f"max_loaded must be >= 1, got {max_loaded}")
         self.router, self.sources, self.kwargs = router, dict(sources), predictor_kwargs
-        self._predictors: dict[str, Predictor] = {}
+        self.max_loaded = int(max_loaded)
+        self._predictors: OrderedDict[str, Predictor] = OrderedDict()
+        self.served: dict[str, dict[str, Any]] = {}  # group -> its engine's backend and precision, once loaded
 
     @classmethod
     def open(cls, directory: str | Path, backend: str | None = None, threads: int | None = None,
-             precision: str | None = None, **predictor_kwargs: Any) -> "RoutedPredictor":
+             precision: str | None = None, max_loaded: int = 2, **predictor_kwargs: Any) -> "RoutedPredictor":
         """The folder written by `DataAwareModel.export` (its `daft.json` and one compiled folder per group)."""
         from .compiled import load
 
@@ -48,22 +59,42 @@ class RoutedPredictor:
                              "through medsamlite.open")
         sources = {g: Lazy(lambda p=directory / sub: load(p, backend=backend, precision=precision, threads=threads))
                    for g, sub in meta["compiled"].items()}
-        return cls(Router.from_dict(meta["router"]), sources, **predictor_kwargs)
+        return cls(Router.from_dict(meta["router"]), sources, max_loaded, **predictor_kwargs)
 
     def with_options(self, **predictor_kwargs: Any) -> "RoutedPredictor":
         """The same groups and models with these `Predictor` options (for models not loaded yet)."""
-        return RoutedPredictor(self.router, self.sources, **{**self.kwargs, **predictor_kwargs})
+        return RoutedPredictor(self.router, self.sources, self.max_loaded, **{**self.kwargs, **predictor_kwargs})
 
     @property
     def loaded(self) -> list[str]:
-        """Groups whose model has been loaded so far."""
+        """Groups whose model is held now."""
         return sorted(self._predictors)
 
     def predictor(self, group: str) -> Predictor:
-        if group not in self._predictors:
-            source = self.sources[group]
-            self._predictors[group] = Predictor(source() if isinstance(source, Lazy) else source, **self.kwargs)
-        return self._predictors[group]
+        """The group's predictor, loaded (and the least recently used one evicted) when it is not held."""
+        if group in self._predictors:
+            self._predictors.move_to_end(group)
+            return self._predictors[group]
+        while len(self._predictors) >= self.max_loaded:
+            self._evict(next(iter(self._predictors)))
+        source = self.sources[group]
+        predictor = Predictor(source() if isinstance(source, Lazy) else source, **self.kwargs)
+        self._predictors[group] = predictor
+        engine = predictor.engine
+        self.served[group] = {"backend": getattr(engine, "backend", type(engine).__name__),
+                              "precision": getattr(engine, "precision", None), "threads": getattr(engine, "threads", None)}
+        return predictor
+
+    def _evict(self, group: str) -> None:
+        predictor = self._predictors.pop(group)
+        close = getattr(predictor.engine, "close", None)
+        if isinstance(self.sources[group], Lazy) and callable(close):
+            close()
+
+    def close(self) -> None:
+        """Drop every loaded group (closing the engines built here)."""
+        for group in list(self._predictors):
+            self._evict(group)
 
     def route(self, path: str | Path) -> str:
         """The group of a case file; its image is read only when a classifier must decide."""
@@ -72,8 +103,12 @@ class RoutedPredictor:
             image = read_case(Path(path)).imgs
         return self.router.route(path, image)
 
-    def predict_file(self, in_path: str | Path, out_path: str | Path) -> CaseResult:
-        return self.predictor(self.route(in_path)).predict_file(in_path, out_path)
+    def predict_file(self, in_path: str | Path, out_path: str | Path, overlay: str | Path | None = None
+                     ) -> CaseResult:
+        group = self.route(in_path)
+        result = self.predictor(group).predict_file(in_path, out_path, overlay)
+        result.group = group
+        return result
 
 
 class Lazy:

@@ -183,4 +183,8 @@ def test_cli_trains_saves_and_exports_a_routed_set(tiny_cases, tmp_path) -> None
                            "--model", str(exported)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.load(tmp_path / "cli" / us.name)["segs"], segs)
-    assert "RoutedPredictor" in (tmp_path / "cli" / "run.json").read_text()
+    import json
+
+    run = json.loads((tmp_path / "cli" / "run.json").read_text())
+    assert (run["engine"], run["precision"], run["groups"]) == ("routed", "f32", {"US": ["US"]})
+    assert run["served"] == {"US": {"backend": "onnxruntime", "precision": "f32", "threads": run["served"]["US"]["threads"]}}
