@@ -17,7 +17,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..constants import CONFIG_FILE, FORMAT_COMPILED
 from ..extras import require
-from .engine import check_embedding, no_boxes
+from .engine import Closable, check_embedding, no_boxes
 from .files import check_recorded
 from .precision import check_precision
 
@@ -34,11 +34,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{file}: not a compiled medsamlite model ({error})") from error
 
 
-class CompiledSam:
+class CompiledSam(Closable):
     """A `SamLite` on a CPU runtime, with the predictor's engine protocol (`encode`, `decode`).
 
     `precision` is what the runtime actually runs at, read back from it; `requested_precision` is
-    what was asked for. Outputs are fresh arrays the caller may keep.
+    what was asked for. Outputs are fresh arrays the caller may keep. `close()` (or leaving
+    `with load(folder) as engine:`) releases the runtime's compiled graphs.
     """
 
     backend: str = ""
@@ -57,6 +58,7 @@ class CompiledSam:
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed images (B, 3, S, S) float32 to embeddings (B, 256, 64, 64), one graph call per image."""
+        self._check_open()
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != self.input_shape[1:]:
             raise ValueError(f"{self.config.name}: images of shape {images.shape}, expected (B, 3, "
@@ -71,6 +73,7 @@ class CompiledSam:
 
     def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One embedding (1, 256, 64, 64) and boxes (N, 4) in the S frame to logits (N, 1, 256, 256), IoU (N, 1)."""
+        self._check_open()
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         boxes = np.ascontiguousarray(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         check_embedding(self.config, embedding)
@@ -91,7 +94,7 @@ class CompiledSam:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.config.name!r}, backend={self.backend!r}, "
-                f"precision={self.precision!r}, path='{self.path}')")
+                f"precision={self.precision!r}, path='{self.path}'{', closed' if self.closed else ''})")
 
 
 def load(path: str | Path, backend: str | None = None, precision: str | None = None,

@@ -25,6 +25,32 @@ class Engine(Protocol):
     def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class Closable:
+    """`close()` (idempotent) and `with engine:`; `_check_open()` makes using a closed engine a one-line error."""
+
+    closed: bool = False
+
+    def close(self) -> None:
+        """Release what the runtime holds (compiled models, requests, sessions); a second call does nothing."""
+        if not self.closed:
+            self._release()
+            self.closed = True
+
+    def _release(self) -> None:
+        """Drop the runtime's objects; engines that hold any override this."""
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"{self!r} is closed; open the model again to use it")
+
+    def __enter__(self):  # noqa: ANN204 - the engine itself, of whatever subclass
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def check_embedding(config: ModelConfig, embedding: np.ndarray) -> None:
     """`decode` takes one embedding (1, C, h, w) of the model's shape; anything else is a ValueError."""
     if tuple(np.shape(embedding)) != (1, *config.embedding_shape):

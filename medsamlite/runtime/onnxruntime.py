@@ -52,5 +52,9 @@ class OnnxRuntimeSam(CompiledSam):
         return logits, iou
 
 
+    def _release(self) -> None:
+        self._encoder = self._decoder = None
+
+
 def open_compiled(path: Path, meta: dict[str, Any], threads: int | None) -> OnnxRuntimeSam:
     return OnnxRuntimeSam(path, meta, threads)

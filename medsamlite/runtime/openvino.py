@@ -115,6 +115,11 @@ class OpenVINOSam(CompiledSam):
         out = self._decode_request.infer({0: embedding, 1: box}, share_inputs=True, share_outputs=False)
         return out[0], out[1]
 
+    def _release(self) -> None:
+        """Drop the requests and compiled models (the shared Core stays: see the module docstring)."""
+        self._encode_request = self._decode_request = self._encode_queue = None
+        self._encoder = self._decoder = None
+
     def _throughput_encoder(self) -> ov.AsyncInferQueue:
         """The encoder compiled for throughput: on first use, from the model cache after that."""
         if self._encode_queue is None:
