@@ -50,7 +50,7 @@ def open(source: Any, *, backend: str = "auto", precision: str | None = None, th
     `pretrained=None` takes a registered model's packaged weights when it has them and is an error otherwise
     (pass `checkpoint=`). `precision` defaults to f32, or to what a compiled folder was exported with.
     `on_compile(message)` is called once before a model is compiled (not on a cache hit). `decoder`:
-    "dense" (SAM's) or "factorised" (exact to rounding, less work per box; torch backend only so far).
+    "dense" (SAM's) or "factorised" (exact to rounding, less work per box; not yet for data-aware folders).
     """
     if backend not in ("auto", *BACKENDS):
         raise OpenError(f"backend {backend!r}; expected auto or one of {', '.join(BACKENDS)}")
@@ -77,13 +77,13 @@ def _open_folder(folder: Path, backend: str, precision: str | None, threads: int
         raise OpenError(str(error)) from None
     runtime_backend = None if backend == "auto" else backend
     if kind in (folders.COMPILED, folders.ROUTED_COMPILED):
-        _torch_only(decoder, folder)
         if backend == "torch":
             raise OpenError(f"{folder}: an exported folder runs on its runtime; use backend auto or its runtime")
         if kind == folders.COMPILED:
             from .runtime.compiled import load
 
-            return load(folder, backend=runtime_backend, precision=precision, threads=threads)
+            return load(folder, backend=runtime_backend, precision=precision, threads=threads, decoder=decoder)
+        _dense_only(decoder, folder)
         from .runtime.routed import RoutedPredictor
 
         return RoutedPredictor.open(folder, backend=runtime_backend, threads=threads, precision=precision)
@@ -125,18 +125,14 @@ def _registered(name: str, checkpoint: str | Path | None, pretrained: bool | Non
     return create_model(name, checkpoint=checkpoint, trust_checkpoint=trust)
 
 
-def _torch_only(decoder: str, source: Any) -> None:
+def _dense_only(decoder: str, source: Any) -> None:
     if decoder != "dense":
-        raise OpenError(f"{source}: decoder {decoder!r} runs on the torch backend only so far; "
-                        "use backend torch or decoder dense")
+        raise OpenError(f"{source}: an exported data-aware folder runs decoder dense only so far ({decoder!r} asked)")
 
 
 def _engine(model: Any, backend: str, precision: str | None, threads: int | None, cache_dir: str | Path | None,
             on_compile: Callable[[str], None] | None, decoder: str = "dense") -> "Engine":
-    if backend == "auto":  # the factorised decoder runs on torch only so far: auto picks torch for it
-        backend = default_backend() if decoder == "dense" else "torch"
-    if backend != "torch":
-        _torch_only(decoder, model.config.name)
+    backend = default_backend() if backend == "auto" else backend
     if backend == "torch":
         import torch
 
@@ -146,4 +142,4 @@ def _engine(model: Any, backend: str, precision: str | None, threads: int | None
     from .export import compile
 
     return compile(model, backend=backend, precision=precision or "f32", threads=threads, cache_dir=cache_dir,
-                   on_compile=on_compile)
+                   on_compile=on_compile, decoder=decoder)

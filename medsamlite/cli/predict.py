@@ -42,8 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow a --checkpoint that is a whole pickled model: reading it runs code from the file")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                         help="auto (default): an exported folder on its runtime, any other model compiled once "
-                             "into the cache for OpenVINO where it is installed (else torch); torch: no compile; "
-                             "--decoder factorised picks torch")
+                             "into the cache for OpenVINO where it is installed (else torch); torch: no compile")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of the runtime (OpenVINO INFERENCE_NUM_THREADS, torch.set_num_threads)")
     parser.add_argument("--skip-existing", action="store_true",
@@ -59,14 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "auto: bf16 where the CPU has it natively (torch), the runtime's default otherwise")
     parser.add_argument("--decoder", choices=DECODERS, default="dense",
                         help="dense: SAM's decoder per box (default); factorised: the same logits to rounding, the "
-                             "box-independent part once per image (torch backend; with --backend auto it "
-                             "runs on torch)")
+                             "box-independent part once per image or slice, boxes in batches")
     parser.add_argument("--chunk-size", type=int, default=64, help="most boxes per decoder call")
     parser.add_argument("--encode-batch", type=int, default=4,
                         help="3D: most distinct slices per encoder call, run in parallel OpenVINO streams (1: one "
                              "slice at a time; measured faster for EfficientViT, slower for TinyViT at bf16)")
     parser.add_argument("--cache-slices", type=int, default=64,
-                        help="most 3D slice embeddings held at once (4 MB each)")
+                        help="most 3D slices whose decoder input (embedding, or factorised prepared tensors) is held at once")
+    parser.add_argument("--cache-mb", type=float, default=256,
+                        help="most MiB of 3D decoder inputs held at once: embeddings are 4 MiB a slice, the factorised "
+                             "decoder's prepared tensors about 28 MiB")
 
 
 def load_engine(args: argparse.Namespace) -> Any:
@@ -262,7 +263,7 @@ def _predictor(engine: Any, args: argparse.Namespace) -> Any:
     from ..runtime.routed import as_predictor
 
     options = {"chunk_size": args.chunk_size, "overlap": args.overlap, "cache_slices": args.cache_slices,
-               "encode_batch": args.encode_batch}
+               "cache_mb": args.cache_mb, "encode_batch": args.encode_batch}
     try:
         return as_predictor(engine, **options)
     except ValueError as error:  # an option out of range, e.g. --encode-batch 0

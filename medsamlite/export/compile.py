@@ -1,8 +1,10 @@
 """`compile`: the one way a torch `SamLite` (adapted, merged, per-modality alike) reaches a CPU runtime.
 
 Two cached stages, each an atomic folder under the cache dir:
-1. `onnx/<key>/`: the image encoder (static (1, 3, S, S)) and prompt encoder + mask decoder (static, one
-   box) traced once with the TorchScript ONNX exporter; shared by every backend and precision.
+1. `onnx/<key>/`: the image encoder (static (1, 3, S, S)), the prompt encoder + mask decoder (static, one
+   box), and the factorised decoder's two graphs (`prepare`: embedding -> per-image tensors; `factorised`:
+   those + a static batch of `FACTORISED_BOXES` boxes) traced once with the TorchScript ONNX exporter;
+   shared by every backend and precision.
 2. `<key>/`: the backend's graphs at one precision plus `config.json`, opened by `load`.
 The keys hash everything that changes the result (weights, config, input shape, torch/backend
 versions, precision, int8 calibration set), so a changed model never meets a stale artefact.
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..constants import CONFIG_FILE, FORMAT_COMPILED, RUNTIME_BACKENDS, __version__
+from ..constants import CONFIG_FILE, DECODERS, FORMAT_COMPILED, RUNTIME_BACKENDS, __version__
 from ..runtime.compiled import CompiledSam, load, read_meta
 from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
@@ -36,6 +38,10 @@ ONNX_STAGE = "onnx"
 # OpenVINO f32): a static one-box call 35 ms, the same box through a dynamic-N graph 66 ms, 34 boxes in
 # one dynamic call 1.51 s against 34 static calls 1.19 s; static batches of 2-17 gave nothing per box.
 DECODER_BOXES = 1
+# The factorised decoder's graph takes a static batch of this many boxes (padded): litemedsam OpenVINO f32
+# per box, dense 42-68 ms vs batch-8 factorised 19-41 ms (bf16 52-54 vs 26-29 ms), loaded machine.
+FACTORISED_BOXES = 8
+LOGITS = ["low_res_logits", "iou"]
 
 
 def _check_backend(name: str) -> str:
@@ -53,7 +59,8 @@ def onnx_key(model: "SamLite") -> str:
     return digest({"weights": state_dict_digest(model.state_dict()), "config": config.to_dict(),
                    "structure": digest({"repr": repr(model)}),
                    "input_shape": [1, 3, config.input_size, config.input_size], "torch": torch.__version__,
-                   "decoder_boxes": DECODER_BOXES, "opset": OPSET, "format": FORMAT_COMPILED})
+                   "decoder_boxes": DECODER_BOXES, "factorised_boxes": FACTORISED_BOXES,
+                   "decoders": list(DECODERS), "opset": OPSET, "format": FORMAT_COMPILED})
 
 
 def cache_key(model: "SamLite", backend: str, precision: str,
@@ -64,8 +71,8 @@ def cache_key(model: "SamLite", backend: str, precision: str,
                    "calibration": calibration_digest(calibration)})
 
 
-def _graph(model: "SamLite", method: str) -> "torch.nn.Module":
-    """A module whose forward is `model.<method>`, traced as one graph (the model's weights stay registered)."""
+def _graph(model: "SamLite", forward: Callable[..., Any]) -> "torch.nn.Module":
+    """A module whose forward is `forward(*inputs)` on `model`, traced as one graph (its weights stay registered)."""
     import torch
 
     class Graph(torch.nn.Module):
@@ -74,20 +81,25 @@ def _graph(model: "SamLite", method: str) -> "torch.nn.Module":
             self.model = model
 
         def forward(self, *inputs: torch.Tensor) -> Any:
-            return getattr(self.model, method)(*inputs)
+            return forward(*inputs)
 
     return Graph()
 
 
-def export_onnx(model: "SamLite", dest: Path) -> None:
-    """Trace the encoder and decoder graphs of `model` (in eval mode) into `dest`."""
+def export_onnx(model: "SamLite", dest: Path) -> list[tuple[str, list[int]]]:
+    """Trace the encoder, dense decoder, prepare and factorised graphs of `model` (in eval mode) into `dest`.
+
+    Returns the per-image (prepared) tensors' (name, shape) in the order the graphs take them (config.json
+    sorts its keys, so a list keeps the order).
+    """
     import torch
 
     config = model.config
     image = torch.rand(1, 3, config.input_size, config.input_size, generator=torch.Generator().manual_seed(0))
     embedding = torch.zeros(1, *config.embedding_shape)
     side = float(config.box_frame)
-    boxes = torch.tensor([[0.1, 0.2, 0.6, 0.7]][:DECODER_BOXES]) * side
+    boxes = torch.tensor([[0.1, 0.2, 0.6, 0.7]]) * side
+    batch = boxes.repeat(FACTORISED_BOXES, 1) * torch.linspace(0.5, 1, FACTORISED_BOXES)[:, None]
     was_training = model.training
     model.eval()
     try:
@@ -96,13 +108,21 @@ def export_onnx(model: "SamLite", dest: Path) -> None:
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-            torch.onnx.export(_graph(model, "encode"), (image,), str(dest / "encoder.onnx"), dynamo=False,
-                              opset_version=OPSET, input_names=["images"], output_names=["embeddings"])
-            torch.onnx.export(_graph(model, "decode"), (embedding, boxes), str(dest / "decoder.onnx"), dynamo=False,
-                              opset_version=OPSET, input_names=["embedding", "boxes"],
-                              output_names=["low_res_logits", "iou"])
+            prepared = model.prepare(embedding)
+            names = list(prepared)
+            graphs = [
+                ("encoder", model.encode, (image,), ["images"], ["embeddings"]),
+                ("decoder", model.decode, (embedding, boxes[:DECODER_BOXES]), ["embedding", "boxes"], LOGITS),
+                ("prepare", lambda e: tuple(model.prepare(e).values()), (embedding,), ["embedding"], names),
+                ("factorised", lambda *t: model.decode_prepared(dict(zip(names, t[:-1])), t[-1]),
+                 (*prepared.values(), batch), [*names, "boxes"], LOGITS),
+            ]
+            for name, forward, inputs, input_names, output_names in graphs:
+                torch.onnx.export(_graph(model, forward), inputs, str(dest / f"{name}.onnx"), dynamo=False,
+                                  opset_version=OPSET, input_names=input_names, output_names=output_names)
     finally:
         model.train(was_training)
+    return [(name, list(t.shape)) for name, t in prepared.items()]
 
 
 def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> Path:
@@ -113,8 +133,9 @@ def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> 
         import torch
 
         with building(entry) as tmp:
-            export_onnx(model, tmp)
+            prepared = export_onnx(model, tmp)
             write_meta(tmp, {"format": FORMAT_COMPILED, "stage": ONNX_STAGE, "key": key, "config": model.config.to_dict(),
+                             "decoders": list(DECODERS), "prepared": prepared, "factorised_boxes": FACTORISED_BOXES,
                              "versions": {"torch": torch.__version__, "medsamlite": __version__}})
     return entry
 
@@ -155,13 +176,14 @@ def build_entry(model: "SamLite", entry: Path, backend: str, precision: str, cac
 def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path | None = None,
             precision: str = "f32", threads: int | None = None,
             calibration: Sequence[np.ndarray] | None = None,
-            on_compile: Callable[[str], None] | None = None) -> CompiledSam:
+            on_compile: Callable[[str], None] | None = None, decoder: str = "dense") -> CompiledSam:
     """`model` on a CPU runtime, built once and loaded from the cache afterwards.
 
     precision: "f32" (exact, default), "bf16" (where the CPU has it, else f32 with a warning),
     "int8" (NNCF quantisation of the encoder; needs `calibration`, a list of preprocessed images),
     "auto" (the runtime's own default, reported back in `.precision`). `on_compile(message)` is called
-    before a model that is not in the cache yet is compiled.
+    before a model that is not in the cache yet is compiled. `decoder`: "dense" or "factorised" (which of
+    the entry's decoder graphs the runtime compiles; every entry holds both).
     """
     _check_backend(backend)
     check_precision(precision)
@@ -170,13 +192,13 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     traced = onnx_key(model)
     entry = cache_dir / cache_key(model, backend, precision, calibration if precision == "int8" else None, traced)
-    compiled = _sound(entry, lambda: load(entry, precision=precision, threads=threads))
+    compiled = _sound(entry, lambda: load(entry, precision=precision, threads=threads, decoder=decoder))
     if compiled is not None:
         return compiled
     if on_compile is not None:
         on_compile(f"compiling {model.config.name} for {backend} at {precision} (once; cached in {cache_dir})")
     build_entry(model, entry, backend, precision, cache_dir, calibration, traced)
-    return load(entry, precision=precision, threads=threads)
+    return load(entry, precision=precision, threads=threads, decoder=decoder)
 
 
 def check_export_directory(directory: Path) -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-ENCODER_ONNX, DECODER_ONNX = "encoder.onnx", "decoder.onnx"
+ENCODER_ONNX = "encoder.onnx"
+# the graphs after the encoder, written alike for every precision (int8 quantises only the encoder)
+DECODER_GRAPHS = ("decoder", "prepare", "factorised")
 
 
 def version(backend: str) -> str:
@@ -22,7 +24,7 @@ def version(backend: str) -> str:
 
 def convert(backend: str, onnx_dir: Path, dest: Path, precision: str, calibration: list[np.ndarray] | None
             ) -> dict[str, str]:
-    """Write the backend's encoder and decoder graphs into `dest`; returns {"encoder": file, "decoder": file}."""
+    """Write the backend's graphs into `dest`; returns {graph: file} for the encoder and `DECODER_GRAPHS`."""
     return (_openvino if backend == "openvino" else _onnxruntime)(onnx_dir, dest, precision, calibration)
 
 
@@ -30,16 +32,18 @@ def _openvino(onnx_dir: Path, dest: Path, precision: str, calibration: list[np.n
     """IR with weights kept f32 (`compress_to_fp16=False`: fp16 weights cost 2e-4 of accuracy)."""
     import openvino as ov
 
-    from ..runtime.openvino import DECODER, ENCODER
-
     encoder = ov.convert_model(str(onnx_dir / ENCODER_ONNX))
     if precision == "int8":
         from .quantize import quantize_encoder
 
         encoder = quantize_encoder(encoder, calibration, encoder.inputs[0].get_any_name())
-    ov.save_model(encoder, str(dest / ENCODER), compress_to_fp16=False)
-    ov.save_model(ov.convert_model(str(onnx_dir / DECODER_ONNX)), str(dest / DECODER), compress_to_fp16=False)
-    return {"encoder": ENCODER, "decoder": DECODER}
+    files = {"encoder": "encoder.xml"}
+    ov.save_model(encoder, str(dest / files["encoder"]), compress_to_fp16=False)
+    for graph in DECODER_GRAPHS:
+        files[graph] = f"{graph}.xml"
+        ov.save_model(ov.convert_model(str(onnx_dir / f"{graph}.onnx")), str(dest / files[graph]),
+                      compress_to_fp16=False)
+    return files
 
 
 def _onnxruntime(onnx_dir: Path, dest: Path, precision: str, calibration: list[np.ndarray] | None) -> dict[str, str]:
@@ -53,5 +57,8 @@ def _onnxruntime(onnx_dir: Path, dest: Path, precision: str, calibration: list[n
         onnx.save(quantize_encoder(encoder, calibration, encoder.graph.input[0].name), str(dest / ENCODER_ONNX))
     else:
         shutil.copyfile(onnx_dir / ENCODER_ONNX, dest / ENCODER_ONNX)
-    shutil.copyfile(onnx_dir / DECODER_ONNX, dest / DECODER_ONNX)
-    return {"encoder": ENCODER_ONNX, "decoder": DECODER_ONNX}
+    files = {"encoder": ENCODER_ONNX}
+    for graph in DECODER_GRAPHS:
+        files[graph] = f"{graph}.onnx"
+        shutil.copyfile(onnx_dir / files[graph], dest / files[graph])
+    return files

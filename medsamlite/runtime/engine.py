@@ -15,7 +15,8 @@ class Engine(Protocol):
     `encode`: preprocessed images (B, 3, S, S) float32 -> embeddings (B, 256, 64, 64).
     `decode`: one embedding (1, 256, 64, 64) and boxes (N, 4) float32 in the S frame -> low-res logits
     (N, 1, 256, 256) and predicted IoU (N, 1). Outputs may be views of buffers the engine reuses: callers
-    copy what they keep.
+    copy what they keep. An engine with `decoder == "factorised"` also has `prepare(embedding)` (the
+    per-image tensors, a mapping of arrays) and `decode_prepared(prepared, boxes)`, which the `Predictor` uses.
     """
 
     config: ModelConfig
@@ -23,6 +24,32 @@ class Engine(Protocol):
     def encode(self, images: np.ndarray) -> np.ndarray: ...
 
     def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Closable:
+    """`close()` (idempotent) and `with engine:`; `_check_open()` makes using a closed engine a one-line error."""
+
+    closed: bool = False
+
+    def close(self) -> None:
+        """Release what the runtime holds (compiled models, requests, sessions); a second call does nothing."""
+        if not self.closed:
+            self._release()
+            self.closed = True
+
+    def _release(self) -> None:
+        """Drop the runtime's objects; engines that hold any override this."""
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"{self!r} is closed; open the model again to use it")
+
+    def __enter__(self):  # noqa: ANN204 - the engine itself, of whatever subclass
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def check_embedding(config: ModelConfig, embedding: np.ndarray) -> None:
@@ -47,6 +74,9 @@ def as_engine(obj: Any, precision: str = "f32", decoder: str = "dense") -> Engin
     if callable(to_engine):
         return to_engine(precision=precision, decoder=decoder)
     if isinstance(obj, Engine) and isinstance(getattr(obj, "config", None), ModelConfig):
+        opened = getattr(obj, "decoder", "dense")
+        if decoder != "dense" and opened != decoder:
+            raise ValueError(f"{obj!r} runs decoder {opened!r}, not {decoder!r}: open it with decoder={decoder!r}")
         return obj
     raise TypeError(f"{type(obj).__name__} is not a model: expected a torch SamLite or an engine with "
                     "`config: ModelConfig`, `encode(images)` and `decode(embedding, boxes)` on numpy arrays")

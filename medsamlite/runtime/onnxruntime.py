@@ -14,7 +14,6 @@ import onnxruntime as ort
 from .compiled import CompiledSam
 from .precision import fallback_warning
 
-ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 PROVIDERS = ["CPUExecutionProvider"]
 
 
@@ -28,29 +27,41 @@ def _session(path: Path, threads: int | None) -> ort.InferenceSession:
 
 
 class OnnxRuntimeSam(CompiledSam):
-    """Encoder and decoder as ONNX Runtime CPU sessions."""
+    """Encoder and decoder (dense, or prepare + factorised) as ONNX Runtime CPU sessions."""
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None) -> None:
-        super().__init__(path, meta)
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None, decoder: str = "dense") -> None:
+        super().__init__(path, meta, decoder)
         if self.requested_precision == "bf16":
             fallback_warning("bf16", "f32", "ONNX Runtime's CPU provider computes in f32")
         self.precision = "int8" if self.requested_precision == "int8" else "f32"
         self.threads = threads
         files = meta["files"]
-        self._encoder = _session(path / files["encoder"], threads)
-        self._decoder = _session(path / files["decoder"], threads)
-        self._encoder_input = self._encoder.get_inputs()[0].name
-        self._decoder_inputs = [i.name for i in self._decoder.get_inputs()]
+        self._sessions = {graph: _session(path / files[graph], threads) for graph in self.graphs()}
+
+    def _run(self, graph: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        session = self._sessions[graph]
+        return session.run(None, {i.name: x for i, x in zip(session.get_inputs(), inputs)})
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
-        return self._encoder.run(None, {self._encoder_input: image})[0]
+        return self._run("encoder", image)[0]
 
     def _decode_one(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, iou = self._decoder.run(None, dict(zip(self._decoder_inputs, (embedding, box))))
+        logits, iou = self._run("decoder", embedding, box)
+        return logits, iou
+
+    def _prepare(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.prepared_names, self._run("prepare", embedding)))
+
+    def _decode_batch(self, prepared: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self._run("factorised", *prepared, boxes)
         return logits, iou
 
 
-def open_compiled(path: Path, meta: dict[str, Any], threads: int | None) -> OnnxRuntimeSam:
-    return OnnxRuntimeSam(path, meta, threads)
+    def _release(self) -> None:
+        self._sessions = {}
+
+
+def open_compiled(path: Path, meta: dict[str, Any], threads: int | None, decoder: str = "dense") -> OnnxRuntimeSam:
+    return OnnxRuntimeSam(path, meta, threads, decoder)

@@ -23,7 +23,6 @@ import openvino as ov
 from .compiled import CompiledSam
 from .precision import fallback_warning
 
-ENCODER, DECODER = "encoder.xml", "decoder.xml"
 DEVICE = "CPU"
 _TYPE_NAMES = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 _COMPUTE_LAYERS = ("Convolution", "FullyConnected", "MatMul", "Deconvolution")
@@ -59,12 +58,12 @@ def _runs_int8(compiled: ov.CompiledModel) -> bool:
 
 
 class OpenVINOSam(CompiledSam):
-    """Encoder and decoder compiled by OpenVINO's CPU plugin."""
+    """Encoder and decoder (dense, or prepare + factorised) compiled by OpenVINO's CPU plugin."""
 
     backend = "openvino"
 
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None) -> None:
-        super().__init__(path, meta)
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None, decoder: str = "dense") -> None:
+        super().__init__(path, meta, decoder)
         core = shared_core()
         hint = _hint(core, self.requested_precision)
         config: dict[str, Any] = {}
@@ -76,11 +75,11 @@ class OpenVINOSam(CompiledSam):
             config["CACHE_DIR"] = str(path / "ov_cache" / (hint or "auto"))
         files = meta["files"]
         self._core, self._config = core, config
-        self._encoder = core.compile_model(str(path / files["encoder"]), DEVICE, config)
-        self._decoder = core.compile_model(str(path / files["decoder"]), DEVICE, config)
+        compiled = {graph: core.compile_model(str(path / files[graph]), DEVICE, config) for graph in self.graphs()}
+        self._encoder = compiled["encoder"]
         self._encode_queue: ov.AsyncInferQueue | None = None
-        self._encode_request = self._encoder.create_infer_request()
-        self._decode_request = self._decoder.create_infer_request()
+        # one infer request per graph: encoder, then "decoder" or "prepare" and "factorised"
+        self._requests = {graph: model.create_infer_request() for graph, model in compiled.items()}
         runs = self._encoder.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = "int8" if _runs_int8(self._encoder) else _TYPE_NAMES.get(runs, runs)
         self.loaded_from_cache = bool(self._encoder.get_property("LOADED_FROM_CACHE"))
@@ -88,7 +87,7 @@ class OpenVINOSam(CompiledSam):
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
         # share_outputs=False: the request reuses its output buffer, so results are copied out
-        return self._encode_request.infer({0: image}, share_inputs=True, share_outputs=False)[0]
+        return self._requests["encoder"].infer({0: image}, share_inputs=True, share_outputs=False)[0]
 
     def _encode_many(self, images: np.ndarray) -> np.ndarray:
         """Images in parallel streams of one thread each; one after another where the CPU gives one stream.
@@ -112,8 +111,21 @@ class OpenVINOSam(CompiledSam):
         return np.concatenate(outputs)
 
     def _decode_one(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._decode_request.infer({0: embedding, 1: box}, share_inputs=True, share_outputs=False)
+        out = self._requests["decoder"].infer({0: embedding, 1: box}, share_inputs=True, share_outputs=False)
         return out[0], out[1]
+
+    def _prepare(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._requests["prepare"].infer({0: embedding}, share_inputs=True, share_outputs=False)
+        return {name: out[i] for i, name in enumerate(self.prepared_names)}
+
+    def _decode_batch(self, prepared: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inputs = dict(enumerate([*prepared, boxes]))
+        out = self._requests["factorised"].infer(inputs, share_inputs=True, share_outputs=False)
+        return out[0], out[1]
+
+    def _release(self) -> None:
+        """Drop the requests and compiled models (the shared Core stays: see the module docstring)."""
+        self._requests, self._encode_queue, self._encoder = {}, None, None
 
     def _throughput_encoder(self) -> ov.AsyncInferQueue:
         """The encoder compiled for throughput: on first use, from the model cache after that."""
@@ -125,5 +137,5 @@ class OpenVINOSam(CompiledSam):
         return self._encode_queue
 
 
-def open_compiled(path: Path, meta: dict[str, Any], threads: int | None) -> OpenVINOSam:
-    return OpenVINOSam(path, meta, threads)
+def open_compiled(path: Path, meta: dict[str, Any], threads: int | None, decoder: str = "dense") -> OpenVINOSam:
+    return OpenVINOSam(path, meta, threads, decoder)

@@ -112,22 +112,29 @@ class Predictor:
 
     chunk_size: most boxes per decoder call. overlap: "order" (the reference: later boxes win) or
     "argmax" (each pixel goes to the box with the highest logit among those whose mask covers it).
-    cache_slices: most slice embeddings held at once in 3D (4 MB each at 256x64x64; 64 = 256 MB).
+    3D keeps each slice's decoder input from its first to its last use: the embedding (4 MiB at 256x64x64)
+    or, with the factorised decoder, its prepared tensors (about 28 MiB for SAM's decoder), at most
+    `cache_slices` slices and `cache_mb` MiB at once (256 MiB: 64 embeddings, or 9 prepared slices).
     encode_batch: most slices per encoder call in 3D; OpenVINO runs a call's slices in parallel streams.
-    precision: "f32" or "bf16", decoder: "dense" or "factorised", both used only when wrapping a torch model.
+    precision: "f32" or "bf16", used only when wrapping a torch model; decoder: "dense" or "factorised",
+    chosen when wrapping a torch model and otherwise when the engine was opened (`load(..., decoder=)`).
     """
 
     def __init__(self, model: Any, chunk_size: int = 64, overlap: str = "order", cache_slices: int = 64,
-                 encode_batch: int = 4, precision: str = "f32", decoder: str = "dense") -> None:
+                 encode_batch: int = 4, precision: str = "f32", decoder: str = "dense",
+                 cache_mb: float = 256) -> None:
         if overlap not in OVERLAPS:
             raise ValueError(f"overlap {overlap!r}; expected one of {OVERLAPS}")
-        for name, value in (("chunk_size", chunk_size), ("cache_slices", cache_slices), ("encode_batch", encode_batch)):
-            if int(value) < 1:
+        for name, value in (("chunk_size", chunk_size), ("cache_slices", cache_slices), ("encode_batch", encode_batch),
+                            ("cache_mb", cache_mb)):
+            if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.engine = as_engine(model, precision=precision, decoder=decoder)
         self.config = self.engine.config
+        self.factorised = getattr(self.engine, "decoder", "dense") == "factorised"
         self.chunk_size, self.overlap = int(chunk_size), overlap
         self.cache_slices, self.encode_batch = int(cache_slices), int(encode_batch)
+        self.cache_mb = float(cache_mb)
         self.timer = PhaseTimer()
 
     @property
@@ -187,13 +194,22 @@ class Predictor:
             embeddings = np.array(self.engine.encode(images), dtype=np.float32, copy=True)
         return _finite(embeddings, "image embedding")
 
-    def _decode(self, embedding: np.ndarray, prompts: np.ndarray, resized: tuple[int, int],
+    def _decoder_input(self, embedding: np.ndarray) -> Any:
+        """What the decoder reads for one image: its embedding, or the factorised decoder's prepared tensors."""
+        if not self.factorised:
+            return embedding
+        with self.timer("decode"):
+            return self.engine.prepare(embedding)
+
+    def _decode(self, source: Any, prompts: np.ndarray, resized: tuple[int, int],
                 original: tuple[int, int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Decode prompts (M, 4) in chunks; yield (first index, logits, masks) per postprocessing batch."""
+        """Decode prompts (M, 4) on `_decoder_input`'s output in chunks; yield (first index, logits, masks)
+        per postprocessing batch."""
         post = max(1, _POST_BYTES // (4 * original[0] * original[1]))
+        decode = self.engine.decode_prepared if self.factorised else self.engine.decode
         for start in range(0, len(prompts), self.chunk_size):
             with self.timer("decode"):
-                low, _ = self.engine.decode(embedding, prompts[start:start + self.chunk_size])
+                low, _ = decode(source, prompts[start:start + self.chunk_size])
             _finite(low, "mask logits")
             for first in range(0, len(low), post):
                 with self.timer("postprocess"):
@@ -226,10 +242,10 @@ class Predictor:
         with self.timer("preprocess"):
             x, resized = self._preprocess(image)
             prompts = scale_boxes(boxes, original, self.config.box_frame)
-        embedding = self._encode(x)
+        source = self._decoder_input(self._encode(x))
         best = self._best(original)
         labels = np.arange(1, len(boxes) + 1)
-        for first, logits, masks in self._decode(embedding, prompts, resized, original):
+        for first, logits, masks in self._decode(source, prompts, resized, original):
             self._merge(segs, best, masks, logits, labels[first:first + len(masks)])
         return segs
 
@@ -250,7 +266,7 @@ class Predictor:
         for step, groups in enumerate(schedule):
             for z in groups:
                 uses[z].append(step)
-        cache = SliceCache(self.cache_slices, uses)
+        cache = SliceCache(self.cache_slices, uses, budget=int(self.cache_mb * 2**20))
         best = self._best(volume.shape)
         resized = resized_shape(original, self.config.input_size)
         for groups in schedule:
@@ -259,11 +275,11 @@ class Predictor:
             for i, z in enumerate(order):
                 if z not in cache:
                     self._encode_slices(volume, [s for s in order[i:] if s not in cache], cache)
-                embedding = cache.get(z)
+                source = cache.get(z)
                 with self.timer("preprocess"):
                     prompts = np.stack([self._prompt(tracks[t], prev) for t, prev in groups[z]])
                 labels = np.array([tracks[t].label for t, _ in groups[z]])
-                for first, logits, masks in self._decode(embedding, prompts, resized, original):
+                for first, logits, masks in self._decode(source, prompts, resized, original):
                     for k, mask in enumerate(masks, start=first):
                         produced[groups[z][k][0]][z] = mask
                     self._merge(segs[z], None if best is None else best[z], masks, logits,
@@ -284,13 +300,13 @@ class Predictor:
         return dict(groups)
 
     def _encode_slices(self, volume: np.ndarray, slices: list[int], cache: SliceCache) -> None:
-        """Encode up to `encode_batch` of the given slices in one call and add them to the cache."""
-        batch = slices[: min(self.encode_batch, self.cache_slices)]
+        """Encode up to `encode_batch` of the given slices in one call and add their decoder inputs to the cache."""
+        batch = slices[: min(self.encode_batch, cache.slots())]
         with self.timer("preprocess"):
             inputs = [self._preprocess(volume[z]) for z in batch]
         embeddings = self._encode(np.concatenate([x for x, _ in inputs]))
         for z, embedding in zip(batch, embeddings):
-            cache.put(z, embedding[None])
+            cache.put(z, self._decoder_input(embedding[None]))
 
     def _prompt(self, track: _Track, prev: int | None) -> np.ndarray:
         """The given box on the middle slice; else the previous mask's box widened by 3 px, or the given box."""

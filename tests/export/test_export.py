@@ -235,3 +235,29 @@ def test_load_errors_name_the_folder(tmp_path: Path, cache_dir: Path) -> None:
         load(folder, precision="int8")
     with pytest.raises(ValueError, match="backend 'tensorrt'"):
         compile(torch_model(CHEAP), "tensorrt", cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_close_releases_the_runtime_and_a_closed_engine_refuses_work(backend: str, cache_dir: Path) -> None:
+    path = compile(torch_model(CHEAP), backend, cache_dir=cache_dir).path
+    images = random_images(torch_model(CHEAP).config.input_size)
+    with load(path) as engine:
+        assert engine.encode(images).shape[0] == 1
+    assert engine.closed and "closed" in repr(engine)
+    engine.close()  # idempotent
+    with pytest.raises(RuntimeError, match="is closed"):
+        engine.encode(images)
+    with pytest.raises(RuntimeError, match="is closed"):
+        engine.decode(np.zeros((1, *engine.config.embedding_shape), np.float32), np.zeros((1, 4), np.float32))
+    with pytest.raises(RuntimeError, match="is closed"), engine:
+        pass
+    again = load(path)  # the runtime's shared state (OpenVINO's one Core) survives a close
+    assert np.isfinite(again.encode(images)).all()
+    again.close()
+
+
+def test_torch_engine_closes_too() -> None:
+    with torch_model(CHEAP).as_engine() as engine:
+        pass
+    with pytest.raises(RuntimeError, match="is closed"):
+        engine.encode(random_images(engine.config.input_size))

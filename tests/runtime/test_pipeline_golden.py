@@ -7,6 +7,7 @@ same slices (our batching may reorder them) and the same label maps, bit for bit
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -21,7 +22,7 @@ from medsamlite.runtime import Predictor
 from medsamlite.torch_engine import TorchEngine
 from medsamlite.runtime.preprocess import masks_from_logits, postprocess_logits, preprocess_image, scale_boxes
 
-from conftest import REPO, golden_arrays, golden_state_dict, max_rel_error
+from conftest import REPO, cache_dir, golden_arrays, golden_state_dict, max_rel_error  # noqa: F401
 
 
 
@@ -159,3 +160,47 @@ def test_golden_label_map_litemedsam():
     for idx, mask in enumerate(masks, 1):
         segs[mask] = idx
     np.testing.assert_array_equal(segs, arrays["seg_label3"])
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def _near_reference(segs: np.ndarray, expected: np.ndarray, labels: int) -> None:
+    """Label maps equal, or differing in at most 1e-4 of the pixels with per-label Dice >= 0.9999."""
+    assert (segs != expected).mean() <= 1e-4, f"{(segs != expected).sum()} pixels differ"
+    for label in range(1, labels + 1):
+        assert _dice(segs == label, expected == label) >= 0.9999, label
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_factorised_decoder_on_a_runtime_reproduces_the_reference(model, pipeline, backend, cache_dir):
+    """Both cases through the compiled factorised decoder; 3D with a budget of 2 prepared slices (evictions)."""
+    from medsamlite.export import compile
+
+    with compile(model, backend, cache_dir=cache_dir, decoder="factorised") as engine:
+        for kind in ("2d", "3d"):
+            predictor = Predictor(engine, cache_mb=60)
+            predict = predictor.predict_2d if kind == "2d" else predictor.predict_3d
+            segs = predict(pipeline[f"case{kind}_imgs"], pipeline[f"case{kind}_boxes"])
+            _near_reference(segs, pipeline[f"case{kind}_segs"], len(pipeline[f"case{kind}_boxes"]))
+
+
+def test_cli_factorised_on_an_exported_folder(model, pipeline, cache_dir, tmp_path):
+    """`predict --decoder factorised --cache-mb 60` on an exported OpenVINO folder, in a fresh process."""
+    from medsamlite.export import export
+
+    folder = export(model, tmp_path / "exported", backend="openvino", cache_dir=cache_dir)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    np.savez(inp / "2DBox_synth.npz", imgs=pipeline["case2d_imgs"], boxes=pipeline["case2d_boxes"])
+    np.savez(inp / "3DBox_synth.npz", imgs=pipeline["case3d_imgs"], boxes=pipeline["case3d_boxes"],
+             spacing=pipeline["case3d_spacing"])
+    cmd = [sys.executable, "-m", "medsamlite", "predict", "-i", str(inp), "-o", str(out), "--model", str(folder),
+           "--decoder", "factorised", "--cache-mb", "60", "--threads", "2"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    for case in ("2d", "3d"):
+        with np.load(out / f"{case.upper()}Box_synth.npz") as z:
+            _near_reference(z["segs"], pipeline[f"case{case}_segs"], len(pipeline[f"case{case}_boxes"]))

@@ -1,0 +1,91 @@
+"""The factorised decoder on OpenVINO and ONNX Runtime: every registry model against the same runtime's dense decoder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cache_dir, golden_arrays, golden_case_for, max_rel_error, torch_model  # noqa: F401
+from medsamlite import list_models
+from medsamlite.export import compile
+from medsamlite.export.compile import FACTORISED_BOXES
+from medsamlite.runtime import Predictor
+from medsamlite.runtime.compiled import load
+
+TOL = 1e-4  # per box: max abs difference relative to the dense logits' max abs value, at f32
+BACKENDS = ["onnxruntime", "openvino"]
+
+
+def _boxes(size: int, n: int, seed: int = 0) -> np.ndarray:
+    """n boxes of every size, some touching the border, in the S frame."""
+    rng = np.random.default_rng(seed)
+    corner = rng.random((n, 2)) * size * 0.8
+    extent = rng.random((n, 2)) * size * 0.5 + 1
+    return np.concatenate([corner, corner + extent], 1).clip(max=size - 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list_models())
+def test_factorised_logits_equal_dense_on_the_golden_embedding(name: str, backend: str, cache_dir: Path) -> None:
+    model = torch_model(name)
+    arrays = golden_arrays(golden_case_for(name))
+    scale = model.config.input_size / 256  # the golden boxes are in a 256 frame
+    # 3 + 14 boxes: two full static batches and a padded one
+    boxes = np.concatenate([arrays["boxes3"] * scale, _boxes(model.config.input_size, 14)]).astype(np.float32)
+    with compile(model, backend, cache_dir=cache_dir) as dense, \
+            compile(model, backend, cache_dir=cache_dir, decoder="factorised") as factorised:
+        assert factorised.path == dense.path  # one entry holds both decoders
+        expected, expected_iou = dense.decode(arrays["image_embedding"], boxes)
+        logits, iou = factorised.decode(arrays["image_embedding"], boxes)
+    assert logits.shape == expected.shape and iou.shape == expected_iou.shape
+    for i in range(len(boxes)):
+        err = max_rel_error(logits[i], expected[i])
+        assert err <= TOL, f"{name} on {backend} box {i}: factorised logits differ by {err:.2e} of max |dense|"
+    np.testing.assert_allclose(iou, expected_iou, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prepared_tensors_are_recorded_and_serve_any_number_of_boxes(backend: str, cache_dir: Path) -> None:
+    model = torch_model("litemedsam")
+    embedding = golden_arrays("litemedsam")["image_embedding"]
+    engine = compile(model, backend, cache_dir=cache_dir, decoder="factorised")
+    with torch.no_grad():
+        expected = model.prepare(torch.from_numpy(embedding))
+    meta = engine.meta
+    assert meta["decoders"] == ["dense", "factorised"] and meta["factorised_boxes"] == FACTORISED_BOXES
+    assert meta["prepared"] == [[k, list(v.shape)] for k, v in expected.items()]
+    prepared = engine.prepare(embedding)
+    assert list(prepared) == list(expected)
+    for key, value in expected.items():
+        assert max_rel_error(prepared[key], value.numpy()) <= 1e-5, key
+    boxes = _boxes(256, FACTORISED_BOXES + 3, seed=2)
+    together, _ = engine.decode_prepared(prepared, boxes)
+    one, _ = engine.decode_prepared(prepared, boxes[4:5])  # a batch of one, padded
+    np.testing.assert_allclose(one[0], together[4], atol=1e-4)
+    empty, empty_iou = engine.decode_prepared(prepared, np.zeros((0, 4), np.float32))
+    assert empty.shape == (0, 1, 256, 256) and empty_iou.shape == (0, 1)
+    engine.close()
+
+
+def test_a_dense_engine_refuses_prepare_and_an_old_folder_refuses_factorised(cache_dir: Path, tmp_path: Path) -> None:
+    path = compile(torch_model("repvit_m0_6_medsam"), "onnxruntime", cache_dir=cache_dir).path
+    with load(path) as dense:
+        with pytest.raises(RuntimeError, match="decoder='factorised'"):
+            dense.prepare(np.zeros((1, *dense.config.embedding_shape), np.float32))
+        with pytest.raises(ValueError, match="runs decoder 'dense', not 'factorised'"):
+            Predictor(dense, decoder="factorised")
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    meta = json.loads((old / "config.json").read_text())
+    for key in ("decoders", "prepared", "factorised_boxes"):
+        del meta[key]
+    (old / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="exported without the factorised decoder's graphs"):
+        load(old, decoder="factorised")
+    with pytest.raises(ValueError, match="expected one of dense, factorised"):
+        load(old, decoder="sparse")
+    load(old).close()  # dense still opens
