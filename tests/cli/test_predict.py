@@ -95,13 +95,17 @@ def test_default_backend_compiles_once_runs_the_cache_and_matches_torch(checkpoi
     assert (run["engine"], run["precision"], run["runtime_threads"]) == ("torch", "f32", 1)
 
 
-def test_factorised_decoder_with_the_default_backend_runs_on_torch(checkpoint, tmp_path) -> None:
-    cases = _cases(tmp_path / "in", ("2DBox_a.npz",))
-    result = cli("-i", cases, "-o", tmp_path / "out", "--model", CHEAP, "--checkpoint", checkpoint,
-                 "--decoder", "factorised", cache=tmp_path / "cache")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["engine"] == "torch"
-    assert not (tmp_path / "cache").exists()  # nothing compiled
+def test_factorised_decoder_with_the_default_backend_compiles_it(checkpoint, tmp_path) -> None:
+    cases = _cases(tmp_path / "in", ("2DBox_a.npz", "3DBox_c.npz"))
+    segs = {}
+    for backend in ("auto", "torch"):
+        result = cli("-i", cases, "-o", tmp_path / backend, "--model", CHEAP, "--checkpoint", checkpoint,
+                     "--decoder", "factorised", "--backend", backend, cache=tmp_path / "cache")
+        assert result.returncode == 0, result.stderr[-3000:]
+        segs[backend] = {n: np.load(tmp_path / backend / n)["segs"] for n in ("2DBox_a.npz", "3DBox_c.npz")}
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["engine"] == "openvino"
+    for name, auto in segs["auto"].items():
+        np.testing.assert_array_equal(auto, segs["torch"][name], err_msg=name)
 
 
 def test_progress_lines_and_summary_when_stderr_is_not_a_terminal(exported, tmp_path) -> None:
