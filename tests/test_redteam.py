@@ -187,6 +187,15 @@ def test_a_damaged_exported_folder_is_a_one_line_error_naming_the_file(damage: s
     one_line(error)
 
 
+def test_a_damaged_graph_is_caught_by_the_decoder_that_opens_it(cache_dir: Path, tmp_path: Path) -> None:
+    folder = export(torch_model(CHEAP), tmp_path / "exported", backend="onnxruntime", cache_dir=cache_dir)
+    _overwrite_middle(folder / "factorised.onnx")
+    load(folder, decoder="dense").close()  # a dense engine never reads the factorised graphs, nor hashes them
+    with pytest.raises(IntegrityError, match="factorised.onnx") as error:
+        load(folder, decoder="factorised")
+    one_line(error)
+
+
 def test_exported_folders_and_cache_entries_follow_the_umask(cache_dir: Path, tmp_path: Path) -> None:
     model = torch_model(CHEAP)
     compile(model, "onnxruntime", cache_dir=cache_dir)

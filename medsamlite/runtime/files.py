@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 DIGEST = "sha256"
 # OpenVINO's compiled-blob cache is written at open time, never recorded
@@ -55,12 +55,12 @@ def check_files(folder: str | Path, recorded: dict[str, dict[str, object]]) -> N
             raise IntegrityError(f"{path}: content differs from its recorded {DIGEST} (corrupted or modified)")
 
 
-def check_recorded(folder: str | Path, meta: dict) -> None:
-    """Check the files of a compiled folder against the digests its `config.json` (`meta`) records."""
+def check_recorded(folder: str | Path, meta: dict, skip: Callable[[str], bool] = lambda name: False) -> None:
+    """Check the files of a compiled folder (but those `skip` names) against the digests `config.json` records."""
     if not isinstance(meta.get("digests"), dict):
         raise IntegrityError(f"{Path(folder) / 'config.json'}: records no file digests (written by an older "
                              "medsamlite); export the model again")
-    check_files(folder, meta["digests"])
+    check_files(folder, {name: record for name, record in meta["digests"].items() if not skip(name)})
 
 
 def current_umask() -> int:
