@@ -46,9 +46,9 @@ class DataSetting:
     per_modality: int = 1
 
 
-# 6 images + 3 volumes of 4 slices: the main job's three litemedsam runs take ~10 s of cases on 2 cores
+# 6 images + 3 volumes of 4 slices, at 0.35 of the realistic size: the main job runs these three times
 DEFAULT_DATA = DataSetting(("CT", "MR", "PET", "US", "X-Ray", "Endoscopy", "Dermoscopy", "Fundus", "Microscope"),
-                           size=0.5, depth=0.17)
+                           size=0.35, depth=0.17)
 SMALL_DATA = DataSetting(("CT", "US", "Microscope"), size=0.15, depth=0.2)
 MAIN_MODEL = "litemedsam"  # the one model with packaged trained weights
 # (backend, precision) rows of the main job; "auto" is the runtime's default (bf16 where the CPU has it)
@@ -240,21 +240,20 @@ def encoder_speeds(config: BenchConfig, progress: Any = None) -> list[dict[str, 
 
     if importlib.util.find_spec(SPEED_BACKEND) is None:
         return []
-    import torch
-
     from ..engines import open as open_model
-    from ..factory import create_model
     from ..registry import list_models
     from .latency import encode_medians
+    from .precision import bench_model
 
     rows = []
     for name in list_models():
         if progress:
             progress(f"{name}: encoder speed ({SPEED_BACKEND} {SPEED_PRECISION})")
-        torch.manual_seed(config.seed)  # weights do not change the speed: seeded random ones for every model
         start = time.perf_counter()
         compiled: list[str] = []
-        engine = open_model(create_model(name), backend=SPEED_BACKEND, precision=SPEED_PRECISION,
+        # packaged weights where a model has them (litemedsam: the f32 run above already compiled it), else
+        # seeded random ones: weights do not change the speed
+        engine = open_model(bench_model(name)[0], backend=SPEED_BACKEND, precision=SPEED_PRECISION,
                             threads=config.threads, on_compile=compiled.append)
         ready = time.perf_counter() - start
         size = engine.config.input_size
@@ -383,8 +382,8 @@ def speed_table(result: BenchResult) -> list[str]:
     """The speed-only table of every registered encoder (no DSC: most have random weights)."""
     if not result.speed:
         return ["", f"Encoder speed: skipped ({SPEED_BACKEND} is not installed)."]
-    lines = ["", f"Encoder speed, every registered model on {SPEED_BACKEND} {SPEED_PRECISION} (speed only: seeded "
-                 f"random weights; median of {SPEED_REPEATS} `encode` calls after one warm-up; ready: build + "
+    lines = ["", f"Encoder speed, every registered model on {SPEED_BACKEND} {SPEED_PRECISION} (speed only: "
+                 f"seeded random weights where a model has no trained ones; median of {SPEED_REPEATS} `encode` calls after one warm-up; ready: build + "
                  "compile, or cache load).", "", "| model | input | encode ms | ready s | compiled now |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['input_size']} | {r['encode_ms']:.0f} | {r['ready_seconds']:.1f} | "
@@ -425,7 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the precision of a --models run")
     parser.add_argument("--threads", type=int, help="CPU threads of the runtime (default: its own choice)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data and random-weight initialisation")
-    parser.add_argument("--size", type=float, help="synthetic image scale (default 0.5, --small 0.15; 1.0 = realistic)")
+    parser.add_argument("--size", type=float, help="synthetic image scale (default 0.35, --small 0.15; 1.0 = realistic)")
     parser.add_argument("--depth", type=float, help="synthetic 3D slice-count scale (default 0.17: 4 slices; 1.0 = "
                                                     "16-24 slices)")
 
