@@ -1,6 +1,12 @@
 """Compare models on the task's metrics, runtime and memory: run, score, and write CSV, markdown and plots.
 
-Each model runs in its own process (`worker.py`): cold start (imports, build, weights) is timed apart
+The main job (`medsamlite bench` without `--models`) shows what is real: the trained model (litemedsam) on
+each backend and precision this machine offers (torch f32, OpenVINO f32, OpenVINO at the runtime's default
+precision) with DSC, NSD and time per case, then the encode speed of every registered encoder on OpenVINO
+f32 (compiled through the compile cache, seeded random weights where none are trained: speed only, no DSC).
+`--models ...` is the full comparison: every listed model on one backend, DSC and all.
+
+Each run (model, backend, precision) runs in its own process (`worker.py`): cold start (imports, build, weights) is timed apart
 from the cases, and memory is that process's own. Scores are computed here, from the written `segs`,
 with `medsamlite.runtime.scoring.score_file` under the task's rules; cases without ground truth are timed,
 not scored. Models without trained weights run with a seeded random initialisation: their runtime and memory are real, their DSC/NSD mean nothing and are not
@@ -40,11 +46,14 @@ class DataSetting:
     per_modality: int = 1
 
 
-# the default run must finish in under 5 minutes on 2 cores with every model: 6 images + 3 volumes of 4 slices
+# 6 images + 3 volumes of 4 slices, at 0.35 of the realistic size: the main job runs these three times
 DEFAULT_DATA = DataSetting(("CT", "MR", "PET", "US", "X-Ray", "Endoscopy", "Dermoscopy", "Fundus", "Microscope"),
-                           size=0.5, depth=0.17)
+                           size=0.35, depth=0.17)
 SMALL_DATA = DataSetting(("CT", "US", "Microscope"), size=0.15, depth=0.2)
-SMALL_MODELS = ("litemedsam", "repvit_m0_6_medsam")
+MAIN_MODEL = "litemedsam"  # the one model with packaged trained weights
+# (backend, precision) rows of the main job; "auto" is the runtime's default (bf16 where the CPU has it)
+MAIN_RUNS = (("torch", "f32"), ("openvino", "f32"), ("openvino", "auto"))
+SPEED_BACKEND, SPEED_PRECISION, SPEED_REPEATS = "openvino", "f32", 3
 
 
 @dataclass
@@ -64,18 +73,33 @@ class BenchConfig:
     depth: float | None = None  # synthetic slice-count scale (default: the setting's)
 
     @property
+    def main_job(self) -> bool:
+        """No --models: the trained model per backend plus the speed chart of every encoder."""
+        return not self.models
+
+    @property
     def data_setting(self) -> DataSetting:
         base = SMALL_DATA if self.small else DEFAULT_DATA
         return DataSetting(base.modalities, self.size or base.size, self.depth or base.depth, base.per_modality)
 
     def model_names(self) -> list[str]:
-        if self.models:
-            return list(self.models)
-        if self.small:
-            return list(SMALL_MODELS)
-        from ..registry import list_models
+        """The models run over the cases (the main job: the trained one)."""
+        return list(self.models) if self.models else [MAIN_MODEL]
 
-        return list_models()
+    def runs(self) -> tuple[list[tuple[str, str, str]], list[str]]:
+        """(model, backend, precision) per run, and a note for each run skipped (backend not installed)."""
+        if not self.main_job:
+            return [(m, self.backend, self.precision) for m in self.model_names()], []
+        import importlib.util
+
+        runs, notes = [], []
+        for backend, precision in MAIN_RUNS:
+            if backend == "torch" or importlib.util.find_spec(backend) is not None:
+                runs.append((MAIN_MODEL, backend, precision))
+            else:
+                notes.append(f"{backend} {precision}: skipped, {backend} is not installed "
+                             f"(pip install \"medsamlite[{backend}]\")")
+        return runs, notes
 
 
 class BenchError(RuntimeError):
@@ -112,15 +136,23 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
 
 
-def run_model(config: BenchConfig, model: str, cases: list[Path]) -> list[dict[str, Any]]:
+def run_label(config: BenchConfig, model: str, backend: str, precision: str) -> str:
+    """A run's name in tables and folders: the model (--models), or the model with its backend and precision."""
+    return f"{model}_{backend}_{precision}" if config.main_job else model
+
+
+def run_model(config: BenchConfig, model: str, cases: list[Path], backend: str | None = None,
+              precision: str | None = None) -> list[dict[str, Any]]:
     """Run one model's worker process; returns its event records (an error record if it died)."""
-    work = config.out / "runs" / model
+    backend, precision = backend or config.backend, precision or config.precision
+    label = run_label(config, model, backend, precision)
+    work = config.out / "runs" / label
     work.mkdir(parents=True, exist_ok=True)
     results = work / "events.jsonl"
     results.unlink(missing_ok=True)
-    spec = WorkerSpec(model=model, cases=[str(c) for c in cases], out_dir=str(config.out / "segs" / model),
-                      results=str(results), backend=config.backend, checkpoint=config.checkpoints.get(model),
-                      precision=config.precision, threads=config.threads, seed=config.seed)
+    spec = WorkerSpec(model=model, cases=[str(c) for c in cases], out_dir=str(config.out / "segs" / label),
+                      results=str(results), backend=backend, checkpoint=config.checkpoints.get(model),
+                      precision=precision, threads=config.threads, seed=config.seed)
     with open(work / "worker.log", "w") as log:
         spec.launched = time.time()
         write_spec(spec, work / "spec.json")
@@ -129,7 +161,7 @@ def run_model(config: BenchConfig, model: str, cases: list[Path]) -> list[dict[s
     records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     if proc.returncode != 0:
         tail = (work / "worker.log").read_text().strip().splitlines()[-1:] or ["no output"]
-        records.append({"model": model, "backend": config.backend, "event": "failed",
+        records.append({"model": model, "backend": backend, "event": "failed",
                         "error": f"worker exited with {proc.returncode}: {tail[0]} (log: {work / 'worker.log'})"})
     return records
 
@@ -150,6 +182,8 @@ class BenchResult:
     cases: list[dict[str, Any]]
     models: list[dict[str, Any]]
     context: dict[str, Any]
+    speed: list[dict[str, Any]] = field(default_factory=list)  # main job: encode time per registered encoder
+    notes: list[str] = field(default_factory=list)  # runs skipped, and why
 
 
 def machine_context(config: BenchConfig, data: Path) -> dict[str, Any]:
@@ -158,40 +192,76 @@ def machine_context(config: BenchConfig, data: Path) -> dict[str, Any]:
     return {"cpu": cpu_summary(), "cores": os.cpu_count(), "threads": config.threads or "default",
             "backend": config.backend, "precision": config.precision, "python": platform.python_version(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "data": str(data),
-            "synthetic": config.data is None, "small": config.small}
+            "synthetic": config.data is None, "small": config.small, "main_job": config.main_job}
 
 
-def collect(model: str, backend: str, records: list[dict[str, Any]], gts_dir: Path
+def collect(model: str, backend: str, records: list[dict[str, Any]], gts_dir: Path, run: str | None = None
             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One model's summary and scored case rows from its worker's event records."""
+    """One run's summary and scored case rows from its worker's event records."""
     head = next((r for r in records if r["event"] == "model"), None)
     failure = next((r["error"] for r in records if r["event"] == "failed"), None)
-    summary = {"model": model, "backend": backend, "weights": head["weights"] if head else "n/a",
+    summary = {"run": run or model, "model": model, "backend": backend,
+               "precision": head["precision"] if head else "n/a", "weights": head["weights"] if head else "n/a",
                "input_size": head["input_size"] if head else "", "error": failure or "",
                "load_seconds": head["load_seconds"] if head else float("nan"),
                "rss_after_load_mb": head["rss_after_load_mb"] if head else float("nan")}
     rows = []
     for record in (r for r in records if r["event"] == "case"):
-        row = {"weights": summary["weights"], "modality": parse_modality(record["case"]),
+        row = {"run": summary["run"], "weights": summary["weights"], "modality": parse_modality(record["case"]),
                "kind": record["case"][:2], **record}
         rows.append(score_case(row, gts_dir) if row["status"] == "ok" else row)
     return summarise(summary, rows), rows
 
 
 def run_bench(config: BenchConfig, progress: Any = None) -> BenchResult:
-    """Run every model over the data set, score the outputs and write the reports under `config.out`."""
+    """Run every model (main job: every backend of the trained one) over the data set, score the outputs,
+    time the encoders (main job) and write the reports under `config.out`."""
     config.out.mkdir(parents=True, exist_ok=True)
     data, cases = prepare_data(config)
     rows, models = [], []
-    for model in config.model_names():
+    runs, notes = config.runs()
+    for model, backend, precision in runs:
         if progress:
-            progress(f"{model}: {len(cases)} cases ({config.backend})")
-        summary, model_rows = collect(model, config.backend, run_model(config, model, cases), data / "gts")
+            progress(f"{model}: {len(cases)} cases ({backend} {precision})")
+        label = run_label(config, model, backend, precision)
+        records = run_model(config, model, cases, backend, precision)
+        summary, model_rows = collect(model, backend, records, data / "gts", label)
         rows += model_rows
         models.append(summary)
-    result = BenchResult(rows, models, machine_context(config, data))
+    speed = encoder_speeds(config, progress) if config.main_job else []
+    result = BenchResult(rows, models, machine_context(config, data), speed, notes)
     write_reports(result, config.out)
     return result
+
+
+def encoder_speeds(config: BenchConfig, progress: Any = None) -> list[dict[str, Any]]:
+    """Median `encode` seconds of every registered encoder on OpenVINO f32 (compiled through the cache)."""
+    import importlib.util
+
+    if importlib.util.find_spec(SPEED_BACKEND) is None:
+        return []
+    from ..engines import open as open_model
+    from ..registry import list_models
+    from .latency import encode_medians
+    from .precision import bench_model
+
+    rows = []
+    for name in list_models():
+        if progress:
+            progress(f"{name}: encoder speed ({SPEED_BACKEND} {SPEED_PRECISION})")
+        start = time.perf_counter()
+        compiled: list[str] = []
+        # packaged weights where a model has them (litemedsam: the f32 run above already compiled it), else
+        # seeded random ones: weights do not change the speed
+        engine = open_model(bench_model(name)[0], backend=SPEED_BACKEND, precision=SPEED_PRECISION,
+                            threads=config.threads, on_compile=compiled.append)
+        ready = time.perf_counter() - start
+        size = engine.config.input_size
+        encode = encode_medians({name: engine}, size, SPEED_REPEATS)[name]
+        rows.append({"model": name, "input_size": size, "backend": SPEED_BACKEND, "precision": SPEED_PRECISION,
+                     "encode_ms": 1000 * encode, "ready_seconds": ready, "compiled": bool(compiled)})
+        del engine
+    return rows
 
 
 # aggregation and reports ---------------------------------------------------------------------------------
@@ -212,18 +282,21 @@ def summarise(summary: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, 
 def by_modality(result: BenchResult) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in result.cases:
-        groups.setdefault((row["model"], row["modality"]), []).append(row)
-    return [{"model": model, "weights": rows[0]["weights"], "modality": modality, "cases": len(rows),
+        groups.setdefault((row["run"], row["modality"]), []).append(row)
+    return [{"run": run, "model": rows[0]["model"], "weights": rows[0]["weights"], "modality": modality, "cases": len(rows),
              "dsc": _mean(rows, "dsc"), "nsd": _mean(rows, "nsd"), "seconds_mean": _mean(rows, "seconds"),
              "peak_rss_mb": max((r["peak_rss_mb"] for r in rows if r["status"] == "ok"), default=float("nan"))}
-            for (model, modality), rows in groups.items()]
+            for (run, modality), rows in groups.items()]
 
 
-CASE_FIELDS = ("model", "backend", "weights", "case", "modality", "kind", "boxes", "status", "dsc", "nsd",
+CASE_FIELDS = ("run", "model", "backend", "weights", "case", "modality", "kind", "boxes", "status", "dsc", "nsd",
                "nsd_zeroed", "seconds", "encode", "decode", "peak_rss_mb", "rss_method", "note", "error")
-MODALITY_FIELDS = ("model", "weights", "modality", "cases", "dsc", "nsd", "seconds_mean", "peak_rss_mb")
-MODEL_FIELDS = ("model", "backend", "weights", "input_size", "cases", "failed", "dsc", "nsd", "seconds_mean",
+MODALITY_FIELDS = ("run", "model", "weights", "modality", "cases", "dsc", "nsd", "seconds_mean", "peak_rss_mb")
+MODEL_FIELDS = ("run", "model", "backend", "precision", "weights", "input_size", "cases", "failed", "dsc", "nsd", "seconds_mean",
                 "seconds_total", "load_seconds", "rss_after_load_mb", "peak_rss_mb", "error")
+
+
+SPEED_FIELDS = ("model", "input_size", "backend", "precision", "encode_ms", "ready_seconds", "compiled")
 
 
 def _fmt(value: Any) -> Any:
@@ -249,37 +322,41 @@ def _accuracy(value: float, trained: bool) -> str:
 def markdown(result: BenchResult) -> str:
     """The summary tables: one row per model, then DSC (trained models) and runtime per modality."""
     ctx = result.context
-    lines = [f"CPU: {ctx['cpu']}, {ctx['cores']} cores, threads {ctx['threads']}; backend {ctx['backend']} "
-             f"({ctx['precision']}); Python {ctx['python']}; {ctx['date']}.",
+    runs = (f"{MAIN_MODEL} on each backend" if ctx["main_job"]
+            else f"backend {ctx['backend']} ({ctx['precision']})")
+    lines = [f"CPU: {ctx['cpu']}, {ctx['cores']} cores, threads {ctx['threads']}; {runs}; "
+             f"Python {ctx['python']}; {ctx['date']}.",
              f"Data: {'synthetic (medsamlite.data.synthetic)' if ctx['synthetic'] else ctx['data']}, "
              f"{len({r['case'] for r in result.cases})} cases.", "",
-             "| model | weights | input | DSC | NSD | s/case (mean) | s total | cold start s | peak RSS MB | failed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | weights | input | precision | DSC | NSD | s/case (mean) | s total | cold start s | peak RSS MB "
+             "| failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in result.models:
         trained = m["weights"] == "trained"
         failed = f"{m['failed']} ({m['error']})" if m["error"] else str(m["failed"])
-        lines.append(f"| {m['model']} | {m['weights']} | {m['input_size']} | {_accuracy(m['dsc'], trained)} | "
+        lines.append(f"| {m['run']} | {m['weights']} | {m['input_size']} | {m['precision']} | "
+                     f"{_accuracy(m['dsc'], trained)} | "
                      f"{_accuracy(m['nsd'], trained)} | {m['seconds_mean']:.2f} | {m['seconds_total']:.1f} | "
                      f"{m['load_seconds']:.1f} | {m['peak_rss_mb']:.0f} | {failed} |")
     modalities = by_modality(result)
     names = sorted({r["modality"] for r in modalities})
-    cell = {(r["model"], r["modality"]): r for r in modalities}
+    cell = {(r["run"], r["modality"]): r for r in modalities}
+    lines += [f"- {note}" for note in result.notes]
     lines += ["", "Per modality: DSC / NSD (trained weights only) and seconds per case.", "",
-              "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+              "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for m in result.models:
         trained = m["weights"] == "trained"
         cells = []
         for name in names:
-            r = cell.get((m["model"], name))
+            r = cell.get((m["run"], name))
             if r is None:
                 cells.append("")
             elif trained:
                 cells.append(f"{r['dsc']:.3f} / {r['nsd']:.3f} / {r['seconds_mean']:.2f} s")
             else:
                 cells.append(f"{r['seconds_mean']:.2f} s")
-        lines.append(f"| {m['model']} | " + " | ".join(cells) + " |")
-    with_weights = ", ".join(m["model"] for m in result.models if m["weights"] == "trained") or "none"
-    without = ", ".join(m["model"] for m in result.models if m["weights"] != "trained")
+        lines.append(f"| {m['run']} | " + " | ".join(cells) + " |")
+    with_weights = ", ".join(dict.fromkeys(m["model"] for m in result.models if m["weights"] == "trained")) or "none"
+    without = ", ".join(dict.fromkeys(m["model"] for m in result.models if m["weights"] != "trained"))
     lines += ["", f"Trained weights: {with_weights}" + (f"; {without}: random initialisation, benchmarked for speed "
                                                         "and memory only (their DSC/NSD are in cases.csv with "
                                                         "weights=random and mean nothing)." if without else "."),
@@ -287,13 +364,39 @@ def markdown(result: BenchResult) -> str:
               "s/case: `Predictor.predict_file` (read, preprocess, encode, decode, postprocess, write); cold start: "
               "the worker process's imports, model build and weight loading. Peak RSS: the worker process's own "
               "peak during each case (VmHWM reset per case), the table shows the largest."]
+    if ctx["main_job"]:
+        lines += speedups(result) + speed_table(result)
     return "\n".join(lines) + "\n"
+
+
+def speedups(result: BenchResult) -> list[str]:
+    """One line: each runtime row's s/case as a multiple of torch f32's."""
+    base = next((m["seconds_mean"] for m in result.models if m["backend"] == "torch" and m["precision"] == "f32"
+                 and not m["error"]), float("nan"))
+    parts = [f"{m['backend']} {m['precision']} {base / m['seconds_mean']:.1f}x" for m in result.models
+             if m["backend"] != "torch" and not m["error"] and m["seconds_mean"] > 0]
+    return ["", f"Speed-up over torch f32 (s/case, {MAIN_MODEL}): " + ", ".join(parts) + "."] if parts else []
+
+
+def speed_table(result: BenchResult) -> list[str]:
+    """The speed-only table of every registered encoder (no DSC: most have random weights)."""
+    if not result.speed:
+        return ["", f"Encoder speed: skipped ({SPEED_BACKEND} is not installed)."]
+    lines = ["", f"Encoder speed, every registered model on {SPEED_BACKEND} {SPEED_PRECISION} (speed only: "
+                 f"seeded random weights where a model has no trained ones; median of {SPEED_REPEATS} `encode` calls after one warm-up; ready: build + "
+                 "compile, or cache load).", "", "| model | input | encode ms | ready s | compiled now |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['input_size']} | {r['encode_ms']:.0f} | {r['ready_seconds']:.1f} | "
+              f"{'yes' if r['compiled'] else 'no (cached)'} |" for r in result.speed]
+    return lines
 
 
 def write_reports(result: BenchResult, out: Path) -> None:
     write_csv(out / "cases.csv", result.cases, CASE_FIELDS)
     write_csv(out / "modalities.csv", by_modality(result), MODALITY_FIELDS)
     write_csv(out / "models.csv", result.models, MODEL_FIELDS)
+    if result.speed:
+        write_csv(out / "encoder_speed.csv", result.speed, SPEED_FIELDS)
     (out / "context.json").write_text(json.dumps(result.context, indent=2) + "\n")
     (out / "results.md").write_text("# medsamlite bench\n\n" + markdown(result))
     from .plots import plot_all
@@ -306,20 +409,22 @@ def write_reports(result: BenchResult, out: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results"),
                         help="results folder (default ./bench-results)")
-    parser.add_argument("--models", nargs="+", help="registered model names (default: all; --small: litemedsam "
-                                                    "and repvit_m0_6_medsam)")
+    parser.add_argument("--models", nargs="+", help="the full comparison of these registered models on --backend "
+                                                    "(default: the main job: litemedsam on each backend plus every "
+                                                    "encoder's speed)")
     parser.add_argument("--checkpoints", nargs="+", default=[], metavar="MODEL=PATH",
                         help="trained weights for a model (any supported layout); without them a model with no "
                              "packaged weights runs with random weights, for speed only")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="the backend of a --models run")
     parser.add_argument("--data", type=Path, help="a folder with imgs/*.npz and gts/*.npz (default: generate a "
                                                   "synthetic set under OUT/data)")
     parser.add_argument("--small", action="store_true", default=os.environ.get("MEDSAMLITE_BENCH_SMALL") == "1",
-                        help="tiny synthetic cases and two models, for CI (also MEDSAMLITE_BENCH_SMALL=1)")
-    parser.add_argument("--precision", choices=("f32", "bf16", "auto"), default="f32")
+                        help="tiny synthetic cases, for CI (also MEDSAMLITE_BENCH_SMALL=1)")
+    parser.add_argument("--precision", choices=("f32", "bf16", "auto"), default="f32",
+                        help="the precision of a --models run")
     parser.add_argument("--threads", type=int, help="CPU threads of the runtime (default: its own choice)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data and random-weight initialisation")
-    parser.add_argument("--size", type=float, help="synthetic image scale (default 0.5, --small 0.15; 1.0 = realistic)")
+    parser.add_argument("--size", type=float, help="synthetic image scale (default 0.35, --small 0.15; 1.0 = realistic)")
     parser.add_argument("--depth", type=float, help="synthetic 3D slice-count scale (default 0.17: 4 slices; 1.0 = "
                                                     "16-24 slices)")
 
@@ -358,6 +463,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(markdown(result))
     print(f"bench: {time.perf_counter() - start:.0f} s; results in {args.out}/ (results.md, cases.csv, "
-          "modalities.csv, models.csv, *.png)", file=sys.stderr)
+          "modalities.csv, models.csv, encoder_speed.csv, *.png)", file=sys.stderr)
     failed = sum(m["failed"] for m in result.models) + sum(bool(m["error"]) for m in result.models)
     return 1 if failed else 0

@@ -20,24 +20,39 @@ def _pyplot() -> Any:
 
 
 def runtime_vs_dsc(result: "BenchResult", path: Path) -> Path:
-    """Mean seconds per case against mean DSC, one point per model; random-weight models sit on a separate row."""
+    """Mean seconds per case against mean DSC, one point per trained run; random-weight runs are left out."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    untrained = 0
-    for m in result.models:
-        if m["weights"] == "trained":
-            ax.scatter(m["seconds_mean"], m["dsc"], s=60)
-            ax.annotate(m["model"], (m["seconds_mean"], m["dsc"]), textcoords="offset points", xytext=(5, 5))
-        else:  # speed only: drawn below the axis of accuracy, never as a DSC; labels staggered to stay legible
-            ax.scatter(m["seconds_mean"], -0.05, marker="x", color="grey")
-            ax.annotate(m["model"], (m["seconds_mean"], -0.05), textcoords="offset points",
-                        xytext=(4, -10 - 9 * (untrained % 5)), fontsize=7, color="grey")
-            untrained += 1
-    ax.axhline(0, color="lightgrey", lw=0.8)
-    ax.set_ylim(-0.3, 1.0)
+    trained = [m for m in result.models if m["weights"] == "trained" and not np.isnan(m["dsc"])]
+    for i, m in enumerate(trained):
+        ax.scatter(m["seconds_mean"], m["dsc"], s=60)
+        ax.annotate(m["run"], (m["seconds_mean"], m["dsc"]), textcoords="offset points", xytext=(5, 5 - 11 * (i % 3)),
+                    fontsize=8)
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.0)
     ax.set_xlabel("seconds per case (mean)")
     ax.set_ylabel("DSC (mean over cases)")
-    ax.set_title(f"runtime vs DSC — grey x: random weights (speed only)\n{result.context['cpu']}", fontsize=8)
+    skipped = len(result.models) - len(trained)
+    note = f" — {skipped} random-weight run(s) not drawn (speed only)" if skipped else ""
+    ax.set_title(f"runtime vs DSC, trained weights{note}\n{result.context['cpu']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def encoder_speed(rows: list[dict[str, Any]], path: Path, cpu: str) -> Path:
+    """Horizontal bars: median encode ms of every registered encoder (speed only, no accuracy)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.6))
+    labels = [f"{r['model']} ({r['input_size']})" for r in rows]
+    ax.barh(labels, [r["encode_ms"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r['encode_ms']:.0f}", (r["encode_ms"], i), textcoords="offset points", xytext=(3, -3),
+                    fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"encode ms ({rows[0]['backend']} {rows[0]['precision']}, median)")
+    ax.set_title(f"encoder speed (speed only: random weights have no DSC)\n{cpu}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -45,10 +60,10 @@ def runtime_vs_dsc(result: "BenchResult", path: Path) -> Path:
 
 
 def modality_bars(rows: list[dict[str, Any]], key: str, models: list[str], title: str, path: Path) -> Path:
-    """Grouped bars of `key` per modality, one bar per model."""
+    """Grouped bars of `key` per modality, one bar per run."""
     plt = _pyplot()
     modalities = sorted({r["modality"] for r in rows})
-    value = {(r["model"], r["modality"]): r[key] for r in rows}
+    value = {(r["run"], r["modality"]): r[key] for r in rows}
     width = 0.8 / max(1, len(models))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(modalities) + 2), 4.2))
     x = np.arange(len(modalities))
@@ -64,12 +79,15 @@ def modality_bars(rows: list[dict[str, Any]], key: str, models: list[str], title
 
 
 def plot_all(result: "BenchResult", modality_rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """runtime_vs_dsc.png, modality_dsc.png (trained models) and modality_seconds.png (every model)."""
-    trained = [m["model"] for m in result.models if m["weights"] == "trained"]
+    """runtime_vs_dsc.png, modality_dsc.png (trained runs), modality_seconds.png (every run) and, in the main
+    job, encoder_speed.png."""
+    trained = [m["run"] for m in result.models if m["weights"] == "trained"]
     paths = [runtime_vs_dsc(result, out / "runtime_vs_dsc.png"),
-             modality_bars(modality_rows, "seconds_mean", [m["model"] for m in result.models],
+             modality_bars(modality_rows, "seconds_mean", [m["run"] for m in result.models],
                            f"seconds per case by modality\n{result.context['cpu']}", out / "modality_seconds.png")]
     if trained:
-        paths.append(modality_bars([r for r in modality_rows if r["model"] in trained], "dsc", trained,
+        paths.append(modality_bars([r for r in modality_rows if r["run"] in trained], "dsc", trained,
                                    "DSC by modality (trained weights only)", out / "modality_dsc.png"))
+    if result.speed:
+        paths.append(encoder_speed(result.speed, out / "encoder_speed.png", result.context["cpu"]))
     return paths

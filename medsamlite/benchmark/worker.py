@@ -94,7 +94,8 @@ def run(spec: WorkerSpec) -> None:
         engine = load_engine(spec, trained)
         predictor = Predictor(engine)
         emit(event="model", weights="trained" if trained else "random", load_seconds=time.time() - spec.launched,
-             rss_after_load_mb=peak_rss_mb(), input_size=predictor.config.input_size)
+             rss_after_load_mb=peak_rss_mb(), input_size=predictor.config.input_size,
+             precision=getattr(engine, "precision", spec.precision))
         for case in map(Path, spec.cases):
             method = reset_peak_rss()
             try:

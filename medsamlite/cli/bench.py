@@ -1,6 +1,7 @@
 """`medsamlite bench [SUITE]`: the benchmark suites, each one module of `medsamlite.benchmark`.
 
-`compare` (the default: `medsamlite bench` with no suite) ranks models on DSC, NSD, runtime and memory;
+`compare` (the default: `medsamlite bench` with no suite, the main job) runs the trained model on each backend
+and times every encoder, or with `--models` ranks models on DSC, NSD, runtime and memory;
 `precision` measures every precision the CPU offers against f32; `latency` the encoders per backend; `train`
 and `data` the training paths; `fewshot` runs the k-shot adaptation protocol. Each suite writes CSV + markdown + PNG.
 """
@@ -10,7 +11,7 @@ import argparse
 import importlib
 
 SUITES = {
-    "compare": ("medsamlite.benchmark.compare", "models on DSC, NSD, runtime and peak memory (the default)"),
+    "compare": ("medsamlite.benchmark.compare", "the main job: litemedsam per backend + every encoder's speed; --models: the full comparison (the default)"),
     "precision": ("medsamlite.benchmark.precision", "f32 / bf16 / int8: encode latency and mask agreement with f32"),
     "latency": ("medsamlite.benchmark.latency", "encoder latency per backend and whole-process cold start"),
     "train": ("medsamlite.benchmark.train", "training images/s and masks/s: processes, K targets, teacher cache, bf16"),

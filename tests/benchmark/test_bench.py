@@ -116,7 +116,33 @@ def test_small_setting_from_environment(monkeypatch):
     monkeypatch.setenv("MEDSAMLITE_BENCH_SMALL", "1")
     args = parse([])
     assert args.small and args.out == Path("bench-results")
-    assert BenchConfig(small=True).model_names() == ["litemedsam", "repvit_m0_6_medsam"]
+    assert BenchConfig(small=True).model_names() == ["litemedsam"] and BenchConfig(small=True).main_job
+
+
+def test_main_job_through_the_command_line(tmp_path):
+    """`medsamlite bench --small`: litemedsam on every installed backend (scored), every encoder's speed."""
+    import importlib.util
+
+    from medsamlite.registry import list_models
+
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "medsamlite", "bench", "--small", "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    models = list(csv.DictReader(open(out / "models.csv")))
+    expected = [("torch", "f32")] + ([("openvino", "f32"), ("openvino", "auto")]
+                                     if importlib.util.find_spec("openvino") else [])
+    assert [(r["backend"], r["run"].rsplit("_", 1)[1]) for r in models] == expected
+    assert all(r["model"] == "litemedsam" and r["weights"] == "trained" and float(r["dsc"]) > 0.3 for r in models)
+    table = done.stdout.split("Encoder speed")[0]
+    assert all(f"| litemedsam_{b}_{p} | trained |" in table for b, p in expected)
+    if importlib.util.find_spec("openvino"):
+        speed = list(csv.DictReader(open(out / "encoder_speed.csv")))
+        assert [r["model"] for r in speed] == list_models() and all(float(r["encode_ms"]) > 0 for r in speed)
+        assert "dsc" not in speed[0]
+        assert all(f"| {m} |" in done.stdout.split("Encoder speed")[1] for m in list_models())
+        assert (out / "encoder_speed.png").read_bytes()[:8] == PNG
+        assert "Speed-up over torch f32" in done.stdout
 
 
 def test_cli_import_is_light():
