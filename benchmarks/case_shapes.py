@@ -4,10 +4,14 @@ Like the task's timing (one container run per case): interpreter start, imports,
 output writing all count. The cases are generated (smooth background, one bright ellipse or ellipsoid per
 box), in the shapes and box layouts of the reference runtime table:
 
-    2D 480x560x3, 1 box; 2D 320x640x3, 34 boxes; 3D 64x290x320, 6 boxes each over 20 slices
+    2D 480x560x3, 1 box; 2D 320x640x3, 34 boxes; 3D 64x290x320, 6 boxes each over 20 slices;
+    2D 1024x1024x3, 200 boxes (microscopy-like: where the decoder's cost per box decides)
     --large adds 2D 1920x2560x3 with 241 boxes, 3D 264x200x200 with 1 box, 3D 287x512x512 with 6 boxes
 
     python benchmarks/case_shapes.py --model litemedsam --backend torch --precision f32
+    python benchmarks/case_shapes.py --backend openvino --decoder factorised --only 2DBox_Microscope_synth
+
+`decode_ms_per_box` is the predictor's decode phase over the case's boxes (3D: over box-slices decoded).
 
 Writes <out>/case_shapes.csv (every run), case_shapes.md (median per case, CPU in the header) and
 case_shapes.png (median per phase) where matplotlib is installed.
@@ -46,14 +50,19 @@ class Shape:
         return self.name[:2]  # the task's file-name prefix, 2DBox_ / 3DBox_
 
     @property
+    def decodes(self) -> int:
+        """Box decodes the case takes: one per box, per slice of its span in 3D."""
+        return self.boxes * max(self.z_span, 1)
+
+    @property
     def label(self) -> str:
         size = "x".join(map(str, self.shape if self.kind == "3D" else self.shape[:2]))
         return f"{self.kind} {size}, {self.boxes} box{'es' if self.boxes > 1 else ''}"
 
 
 SHAPES = (Shape("2DBox_Endoscopy_synth", (480, 560, 3), 1), Shape("2DBox_X-Ray_synth", (320, 640, 3), 34),
-          Shape("3DBox_MR_synth", (64, 290, 320), 6, z_span=20))
-LARGE = (Shape("2DBox_Microscope_synth", (1920, 2560, 3), 241), Shape("3DBox_PET_synth", (264, 200, 200), 1, 66),
+          Shape("3DBox_MR_synth", (64, 290, 320), 6, z_span=20), Shape("2DBox_Microscope_synth", (1024, 1024, 3), 200))
+LARGE = (Shape("2DBox_Microscope_large_synth", (1920, 2560, 3), 241), Shape("3DBox_PET_synth", (264, 200, 200), 1, 66),
          Shape("3DBox_CT_synth", (287, 512, 512), 6, z_span=72))
 
 
@@ -114,13 +123,13 @@ def synth_case(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
 
 def predict_command(args: argparse.Namespace, case: Path, out: Path) -> list[str]:
     cmd = [sys.executable, "-m", "medsamlite", "predict", "-i", str(case), "-o", str(out), "--model", args.model]
-    for flag in ("checkpoint", "backend", "precision", "threads", "encode_batch"):
+    for flag in ("checkpoint", "backend", "precision", "threads", "encode_batch", "decoder"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return cmd + (["--pretrained"] if args.pretrained else [])
 
 
-def run_once(args: argparse.Namespace, case: Path, out: Path) -> dict:
+def run_once(args: argparse.Namespace, case: Path, out: Path, decodes: int) -> dict:
     """One fresh `medsamlite predict` process: wall time, peak RSS and the phases it reported."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = out.with_suffix(".log")
@@ -138,6 +147,7 @@ def run_once(args: argparse.Namespace, case: Path, out: Path) -> dict:
         phases = next(csv.DictReader(f))
     row = {"wall_s": wall, "startup_s": wall - run["run_seconds"], "load_s": run["load_seconds"],
            **{f"{p}_s": float(phases[p]) for p in PHASES}, "peak_rss_mb": usage.ru_maxrss / 1024,
+           "decode_ms_per_box": 1000 * float(phases["decode"]) / decodes,
            "engine": run["engine"]}
     return row
 
@@ -152,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"))
     parser.add_argument("--threads", type=int)
     parser.add_argument("--encode-batch", type=int, help="passed to predict (3D slices per encoder call)")
+    parser.add_argument("--decoder", choices=("dense", "factorised"), help="passed to predict")
     parser.add_argument("--large", action="store_true", help="add the three large shapes (minutes on torch)")
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (the median is tabled)")
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shapes = [s for s in SHAPES + (LARGE if args.large else ()) if not args.only or s.name in args.only]
     header = machine_header()
-    tag = f"{Path(args.model).name}, backend {args.backend or 'default'}, precision {args.precision or 'default'}"
+    tag = (f"{Path(args.model).name}, backend {args.backend or 'default'}, precision {args.precision or 'default'}, "
+           f"decoder {args.decoder or 'dense'}")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="case_shapes_") as folder:
         tmp = Path(folder)
@@ -171,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             cases[shape].parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(cases[shape], **synth_case(shape))
         for i in range(args.warmup):
-            run_once(args, cases[shapes[0]], tmp / f"warmup{i}")
+            run_once(args, cases[shapes[0]], tmp / f"warmup{i}", shapes[0].decodes)
         for shape in shapes:
             for r in range(args.repeats):
-                result = run_once(args, cases[shape], tmp / f"{shape.name}_{r}")
+                result = run_once(args, cases[shape], tmp / f"{shape.name}_{r}", shape.decodes)
                 rows.append({"model": args.model, "backend": args.backend or "default",
-                             "precision": args.precision or "default", "case": shape.name, "shape": shape.label,
+                             "precision": args.precision or "default", "decoder": args.decoder or "dense",
+                             "case": shape.name, "shape": shape.label,
                              "run": r, **result})
                 print(f"{shape.label}: {result['wall_s']:.2f} s", file=sys.stderr)
     write_csv(rows, args.out / "case_shapes.csv")
@@ -184,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         runs = [r for r in rows if r["case"] == shape.name]
         medians.append({"case": shape.label, "runs": len(runs),
-                        **{k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith(("_s", "_mb"))}})
-    columns = ["case", "runs", "wall_s", "startup_s", "load_s", *[f"{p}_s" for p in PHASES], "peak_rss_mb"]
+                        **{k: statistics.median(r[k] for r in runs) for k in runs[0]
+                           if k.endswith(("_s", "_mb", "_per_box"))}})
+    columns = ["case", "runs", "wall_s", "startup_s", "load_s", *[f"{p}_s" for p in PHASES], "decode_ms_per_box",
+               "peak_rss_mb"]
     engine = rows[0]["engine"] if rows else "?"
     header += [f"Model: {tag} ({engine}); {args.warmup} warm-up run(s), median of {args.repeats} per case",
                "wall_s: the whole `medsamlite predict` process; startup_s: interpreter + imports up to the CLI's "

@@ -8,12 +8,12 @@ of either behind a router. A compiled folder opens torch-free; a torch model run
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .constants import BACKENDS, DECODERS
+from .extras import missing
 from .runtime import folders
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ class OpenError(ValueError):
 
 def default_backend() -> str:
     """"openvino" where it is installed, else "torch"."""
-    return "openvino" if importlib.util.find_spec("openvino") is not None else "torch"
+    return "torch" if missing("openvino") else "openvino"
 
 
 def torch_precision(precision: str | None) -> str:

@@ -78,5 +78,8 @@ def resolve_targets(model: nn.Module, targets: str | Iterable[str] | None = None
                          f"another type): {refused[:5]}{' ...' if len(refused) > 5 else ''}")
     if not chosen:
         kinds = "Linear or (non-grouped) Conv2d" if accept is adaptable else "Linear"
-        raise ValueError(f"targets {patterns} match no {kinds} layer of model '{model.config.name}'")
+        hint = ("; this method wraps Linear layers only and these targets are convolutions: choose a method "
+                "that takes Conv2d (lora, ia3, arena), or adapt the mask decoder's Linear layers too "
+                "(include_decoder, --include-decoder)" if refused and accept is not adaptable else "")
+        raise ValueError(f"targets {patterns} match no {kinds} layer of model '{model.config.name}'{hint}")
     return chosen

@@ -44,7 +44,7 @@ def plot(summary: list[dict], path: Path, title: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..training.fewshot import FewShotConfig
+    from ..training.config import FewShotConfig  # torch-free: building the `bench` parser stays light
 
     d = FewShotConfig()
     parser.add_argument("--data", type=Path, help="task cases (default: a synthetic set written to OUT/data)")

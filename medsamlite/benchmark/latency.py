@@ -29,10 +29,10 @@ def engines(model, cache_dir: Path, bf16: bool) -> dict[str, object]:
     from ..export import compile
     from ..torch_engine import TorchEngine
 
-    out = {"torch": TorchEngine(model), "openvino_f32": compile(model, "openvino", cache_dir, "f32")}
+    out = {"torch": TorchEngine(model), "openvino_f32": compile(model, "openvino", cache_dir, "f32", decoder=None)}
     if bf16:
-        out["openvino_bf16"] = compile(model, "openvino", cache_dir, "bf16")
-    out["onnxruntime_f32"] = compile(model, "onnxruntime", cache_dir, "f32")
+        out["openvino_bf16"] = compile(model, "openvino", cache_dir, "bf16", decoder=None)
+    out["onnxruntime_f32"] = compile(model, "onnxruntime", cache_dir, "f32", decoder=None)
     return out
 
 

@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m medsamlite.benchmark.worker SPEC.json", file=sys.stderr)
         return 2
+    from ..runtime.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as `medsamlite predict` does
     run(WorkerSpec(**json.loads(Path(argv[0]).read_text())))
     return 0
 

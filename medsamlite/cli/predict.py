@@ -152,13 +152,14 @@ def open_timings(path: Path, append: bool) -> Any:
 
 def engine_summary(predictor: Any, requested_precision: str | None) -> dict[str, Any]:
     """run.json's account of what ran: engine kind ("openvino", "torch", "routed", ...), precision, threads, groups."""
+    from ..runtime.engine import describe
     from ..runtime.routed import RoutedPredictor
 
     if not isinstance(predictor, RoutedPredictor):
-        engine = predictor.engine
-        return {"engine": getattr(engine, "backend", type(engine).__name__),
-                "model_name": engine.config.name, "precision": getattr(engine, "precision", requested_precision),
-                "runtime_threads": getattr(engine, "threads", None), "groups": None}
+        engine = describe(predictor.engine)
+        return {"engine": engine["backend"], "model_name": predictor.engine.config.name,
+                "precision": engine["precision"] or requested_precision, "runtime_threads": engine["threads"],
+                "groups": None}
     served = predictor.served
     precisions = sorted({str(s["precision"]) for s in served.values()})
     # nothing loaded (every case skipped): the precision asked for; else what the groups' engines ran at
@@ -203,13 +204,12 @@ def run(args: argparse.Namespace) -> int:
         predictor = _predictor(engine, args)
         if args.overlay is not None:
             writable_folder(args.overlay)
-    except SetupError as error:
+    except BaseException as error:  # a setup error, or Ctrl-C while compiling: nothing of this run stays behind
         remove_created(created)
+        if not isinstance(error, SetupError):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except BaseException:  # Ctrl-C while compiling: nothing of this run stays behind either
-        remove_created(created)
-        raise
     load_seconds = time.perf_counter() - start
     from tqdm import tqdm
 

@@ -1,10 +1,12 @@
 """`compile`: the one way a torch `SamLite` (adapted, merged, per-modality alike) reaches a CPU runtime.
 
 Two cached stages, each an atomic folder under the cache dir:
-1. `onnx/<key>/`: the image encoder (static (1, 3, S, S)), the prompt encoder + mask decoder (static, one
-   box), and the factorised decoder's two graphs (`prepare`: embedding -> per-image tensors; `factorised`:
-   those + a static batch of `FACTORISED_BOXES` boxes) traced once with the TorchScript ONNX exporter;
-   shared by every backend and precision.
+1. `onnx/<key>/`: the image encoder (static (1, 3, S, S)) and the graphs of the entry's decoders, traced
+   once with the TorchScript ONNX exporter and shared by every backend and precision: "dense", the prompt
+   encoder + mask decoder (static, one box); "factorised", its two graphs (`prepare`: embedding ->
+   per-image tensors; `factorised`: those + a static batch of `FACTORISED_BOXES` boxes). An entry holds
+   the decoder it is compiled for (`export` writes both; `decoder=None`, the encoder alone, for benchmarks):
+   tracing and converting a decoder it never runs would add a third to every first compile.
 2. `<key>/`: the backend's graphs at one precision plus `config.json`, opened by `load`.
 The keys hash everything that changes the result (weights, config, input shape, torch/backend
 versions, precision, int8 calibration set), so a changed model never meets a stale artefact.
@@ -19,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..constants import CONFIG_FILE, DECODERS, FORMAT_COMPILED, RUNTIME_BACKENDS, __version__
-from ..runtime.compiled import CompiledSam, load, read_meta
+from ..constants import CONFIG_FILE, DECODERS, FORMAT_COMPILED, PRECISIONS, RUNTIME_BACKENDS, __version__
+from ..runtime.compiled import CompiledSam, decoder_graphs, load, read_meta
 from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
 from . import convert
@@ -50,8 +52,8 @@ def _check_backend(name: str) -> str:
     return name
 
 
-def onnx_key(model: "SamLite") -> str:
-    """Key of the traced graphs: weights, config, module structure, input shape, exporter versions."""
+def onnx_key(model: "SamLite", decoders: Sequence[str] = DECODERS) -> str:
+    """Key of the traced graphs: weights, config, module structure, input shape, decoders, exporter versions."""
     import torch
 
     config = model.config
@@ -60,7 +62,7 @@ def onnx_key(model: "SamLite") -> str:
                    "structure": digest({"repr": repr(model)}),
                    "input_shape": [1, 3, config.input_size, config.input_size], "torch": torch.__version__,
                    "decoder_boxes": DECODER_BOXES, "factorised_boxes": FACTORISED_BOXES,
-                   "decoders": list(DECODERS), "opset": OPSET, "format": FORMAT_COMPILED})
+                   "decoders": list(decoders), "opset": OPSET, "format": FORMAT_COMPILED})
 
 
 def cache_key(model: "SamLite", backend: str, precision: str,
@@ -86,11 +88,11 @@ def _graph(model: "SamLite", forward: Callable[..., Any]) -> "torch.nn.Module":
     return Graph()
 
 
-def export_onnx(model: "SamLite", dest: Path) -> list[tuple[str, list[int]]]:
-    """Trace the encoder, dense decoder, prepare and factorised graphs of `model` (in eval mode) into `dest`.
+def export_onnx(model: "SamLite", dest: Path, decoders: Sequence[str] = DECODERS) -> list[tuple[str, list[int]]]:
+    """Trace the encoder and the graphs of `decoders` of `model` (in eval mode) into `dest`.
 
     Returns the per-image (prepared) tensors' (name, shape) in the order the graphs take them (config.json
-    sorts its keys, so a list keeps the order).
+    sorts its keys, so a list keeps the order); empty without the factorised decoder.
     """
     import torch
 
@@ -108,7 +110,7 @@ def export_onnx(model: "SamLite", dest: Path) -> list[tuple[str, list[int]]]:
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-            prepared = model.prepare(embedding)
+            prepared = model.prepare(embedding) if "factorised" in decoders else {}
             names = list(prepared)
             graphs = [
                 ("encoder", model.encode, (image,), ["images"], ["embeddings"]),
@@ -117,7 +119,8 @@ def export_onnx(model: "SamLite", dest: Path) -> list[tuple[str, list[int]]]:
                 ("factorised", lambda *t: model.decode_prepared(dict(zip(names, t[:-1])), t[-1]),
                  (*prepared.values(), batch), [*names, "boxes"], LOGITS),
             ]
-            for name, forward, inputs, input_names, output_names in graphs:
+            wanted = ["encoder", *decoder_graphs(decoders)]
+            for name, forward, inputs, input_names, output_names in (g for g in graphs if g[0] in wanted):
                 torch.onnx.export(_graph(model, forward), inputs, str(dest / f"{name}.onnx"), dynamo=False,
                                   opset_version=OPSET, input_names=input_names, output_names=output_names)
     finally:
@@ -125,17 +128,18 @@ def export_onnx(model: "SamLite", dest: Path) -> list[tuple[str, list[int]]]:
     return [(name, list(t.shape)) for name, t in prepared.items()]
 
 
-def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None) -> Path:
-    """The cached ONNX stage of `model`, tracing it only on a miss."""
-    key = key or onnx_key(model)
+def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None,
+                  decoders: Sequence[str] = DECODERS) -> Path:
+    """The cached ONNX stage of `model` with the graphs of `decoders`, tracing it only on a miss."""
+    key = key or onnx_key(model, decoders)
     entry = cache_dir / ONNX_STAGE / key
     if _sound(entry, lambda: check_recorded(entry, read_meta(entry))) is None:
         import torch
 
         with building(entry) as tmp:
-            prepared = export_onnx(model, tmp)
+            prepared = export_onnx(model, tmp, decoders)
             write_meta(tmp, {"format": FORMAT_COMPILED, "stage": ONNX_STAGE, "key": key, "config": model.config.to_dict(),
-                             "decoders": list(DECODERS), "prepared": prepared, "factorised_boxes": FACTORISED_BOXES,
+                             "decoders": list(decoders), "prepared": prepared, "factorised_boxes": FACTORISED_BOXES,
                              "versions": {"torch": torch.__version__, "medsamlite": __version__}})
     return entry
 
@@ -159,13 +163,20 @@ def _sound(entry: Path, open_entry: Callable[[], Any]) -> Any:
 
 
 def build_entry(model: "SamLite", entry: Path, backend: str, precision: str, cache_dir: Path,
-                calibration: Sequence[np.ndarray] | None, traced: str) -> None:
+                calibration: Sequence[np.ndarray] | None, traced: str, decoders: Sequence[str]) -> None:
     """Write the compiled folder `entry` (atomically) from the cached ONNX stage."""
-    graphs = traced_graphs(model, cache_dir, traced)
+    graphs = traced_graphs(model, cache_dir, traced, decoders)
     batches = calibration_batches(calibration, model.config.input_size) if precision == "int8" else None
+    donor = None if precision == "int8" else _same_graphs(model, backend, precision, cache_dir, traced)
     with building(entry) as tmp:
-        files = convert.convert(backend, graphs, tmp, precision, batches)
         meta = read_meta(graphs)
+        if donor is None:
+            files = convert.convert(backend, graphs, tmp, decoder_graphs(meta["decoders"]), precision, batches)
+        else:
+            files = read_meta(donor)["files"]
+            for file in donor.iterdir():
+                if file.is_file() and file.name != CONFIG_FILE:
+                    shutil.copyfile(file, tmp / file.name)
         meta.update(stage="compiled", key=entry.name, onnx_key=traced, backend=backend, precision=precision,
                     files=files, input_shape=[1, 3, model.config.input_size, model.config.input_size],
                     calibration_images=len(batches) if batches else 0)
@@ -173,31 +184,47 @@ def build_entry(model: "SamLite", entry: Path, backend: str, precision: str, cac
         write_meta(tmp, meta)
 
 
+def _same_graphs(model: "SamLite", backend: str, precision: str, cache_dir: Path, traced: str) -> Path | None:
+    """A sound entry of the same traced graphs and backend at another precision but int8, whose graph files
+    this one's equal (the precision is applied when the runtime compiles them): copied, not converted again."""
+    for other in PRECISIONS:
+        entry = cache_dir / cache_key(model, backend, other, None, traced)
+        if other not in (precision, "int8") and _sound(entry, lambda: check_recorded(entry, read_meta(entry))):
+            return entry
+    return None
+
+
 def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path | None = None,
             precision: str = "f32", threads: int | None = None,
             calibration: Sequence[np.ndarray] | None = None,
-            on_compile: Callable[[str], None] | None = None, decoder: str = "dense") -> CompiledSam:
+            on_compile: Callable[[str], None] | None = None, decoder: str | None = "dense",
+            decoders: Sequence[str] | None = None) -> CompiledSam:
     """`model` on a CPU runtime, built once and loaded from the cache afterwards.
 
     precision: "f32" (exact, default), "bf16" (where the CPU has it, else f32 with a warning),
     "int8" (NNCF quantisation of the encoder; needs `calibration`, a list of preprocessed images),
     "auto" (the runtime's own default, reported back in `.precision`). `on_compile(message)` is called
-    before a model that is not in the cache yet is compiled. `decoder`: "dense" or "factorised" (which of
-    the entry's decoder graphs the runtime compiles; every entry holds both).
+    before a model that is not in the cache yet is compiled. `decoder`: "dense" or "factorised", the one
+    the returned engine runs, or None (the encoder alone); `decoders`: those the entry holds (default: just
+    `decoder`; `export` asks for every one).
     """
     _check_backend(backend)
+    decoders = tuple(decoders if decoders is not None else [decoder] if decoder else [])
+    if decoder is not None and decoder not in decoders or not set(decoders) <= set(DECODERS):
+        raise ValueError(f"decoder {decoder!r} with decoders {list(decoders)}: expected decoders among "
+                         f"{', '.join(DECODERS)}, holding the decoder run")
     check_precision(precision)
     if precision == "int8" and not calibration:
         raise ValueError("precision='int8' needs calibration=[preprocessed images]; it is never chosen silently")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    traced = onnx_key(model)
+    traced = onnx_key(model, decoders)
     entry = cache_dir / cache_key(model, backend, precision, calibration if precision == "int8" else None, traced)
     compiled = _sound(entry, lambda: load(entry, precision=precision, threads=threads, decoder=decoder))
     if compiled is not None:
         return compiled
     if on_compile is not None:
         on_compile(f"compiling {model.config.name} for {backend} at {precision} (once; cached in {cache_dir})")
-    build_entry(model, entry, backend, precision, cache_dir, calibration, traced)
+    build_entry(model, entry, backend, precision, cache_dir, calibration, traced, decoders)
     return load(entry, precision=precision, threads=threads, decoder=decoder)
 
 
@@ -217,7 +244,7 @@ def export(model: "SamLite", directory: str | Path, backend: str = "openvino", p
     """Write a self-describing compiled folder to `directory` (what `predict --model DIR` opens)."""
     directory = Path(directory)
     check_export_directory(directory)
-    compiled = compile(model, backend, cache_dir, precision, calibration=calibration)
+    compiled = compile(model, backend, cache_dir, precision, calibration=calibration, decoders=DECODERS)
     with building(directory) as tmp:
         shutil.copytree(compiled.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ov_cache"))
     return directory

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 
 ENCODER_ONNX = "encoder.onnx"
-# the graphs after the encoder, written alike for every precision (int8 quantises only the encoder)
-DECODER_GRAPHS = ("decoder", "prepare", "factorised")
 
 
 def version(backend: str) -> str:
@@ -22,13 +20,18 @@ def version(backend: str) -> str:
     return ort.__version__
 
 
-def convert(backend: str, onnx_dir: Path, dest: Path, precision: str, calibration: list[np.ndarray] | None
-            ) -> dict[str, str]:
-    """Write the backend's graphs into `dest`; returns {graph: file} for the encoder and `DECODER_GRAPHS`."""
-    return (_openvino if backend == "openvino" else _onnxruntime)(onnx_dir, dest, precision, calibration)
+def convert(backend: str, onnx_dir: Path, dest: Path, decoder_graphs: list[str], precision: str,
+            calibration: list[np.ndarray] | None) -> dict[str, str]:
+    """Write the backend's encoder and `decoder_graphs` into `dest`; returns {graph: file}.
+
+    The decoder graphs are written alike for every precision (int8 quantises only the encoder).
+    """
+    return (_openvino if backend == "openvino" else _onnxruntime)(onnx_dir, dest, decoder_graphs, precision,
+                                                                   calibration)
 
 
-def _openvino(onnx_dir: Path, dest: Path, precision: str, calibration: list[np.ndarray] | None) -> dict[str, str]:
+def _openvino(onnx_dir: Path, dest: Path, decoder_graphs: list[str], precision: str,
+              calibration: list[np.ndarray] | None) -> dict[str, str]:
     """IR with weights kept f32 (`compress_to_fp16=False`: fp16 weights cost 2e-4 of accuracy)."""
     import openvino as ov
 
@@ -39,14 +42,15 @@ def _openvino(onnx_dir: Path, dest: Path, precision: str, calibration: list[np.n
         encoder = quantize_encoder(encoder, calibration, encoder.inputs[0].get_any_name())
     files = {"encoder": "encoder.xml"}
     ov.save_model(encoder, str(dest / files["encoder"]), compress_to_fp16=False)
-    for graph in DECODER_GRAPHS:
+    for graph in decoder_graphs:
         files[graph] = f"{graph}.xml"
         ov.save_model(ov.convert_model(str(onnx_dir / f"{graph}.onnx")), str(dest / files[graph]),
                       compress_to_fp16=False)
     return files
 
 
-def _onnxruntime(onnx_dir: Path, dest: Path, precision: str, calibration: list[np.ndarray] | None) -> dict[str, str]:
+def _onnxruntime(onnx_dir: Path, dest: Path, decoder_graphs: list[str], precision: str,
+                 calibration: list[np.ndarray] | None) -> dict[str, str]:
     """The ONNX graphs as they are; int8 writes an NNCF-quantised encoder instead."""
     if precision == "int8":
         import onnx
@@ -58,7 +62,7 @@ def _onnxruntime(onnx_dir: Path, dest: Path, precision: str, calibration: list[n
     else:
         shutil.copyfile(onnx_dir / ENCODER_ONNX, dest / ENCODER_ONNX)
     files = {"encoder": ENCODER_ONNX}
-    for graph in DECODER_GRAPHS:
+    for graph in decoder_graphs:
         files[graph] = f"{graph}.onnx"
         shutil.copyfile(onnx_dir / files[graph], dest / files[graph])
     return files

@@ -1,8 +1,9 @@
 """`CompiledSam`, the runtime-side model, and `load`, which opens a compiled folder (torch-free).
 
 A compiled folder (a cache entry or the output of `medsamlite export`) holds the image encoder, the
-prompt encoder + mask decoder, and (since the factorised decoder) its `prepare` and `factorised` graphs,
-plus `config.json`, which says what it is: the `ModelConfig`, backend, precision, cache key, the decoders
+graphs of its decoders (dense: the prompt encoder + mask decoder; factorised: its `prepare` and
+`factorised` graphs; an export holds both, a cache entry the one it was compiled for), plus
+`config.json`, which says what it is: the `ModelConfig`, backend, precision, cache key, the decoders
 it has (`decoders`), the prepared tensors' names and shapes in graph order (`prepared`), the factorised graph's static box count
 (`factorised_boxes`), the versions that built it and the digest of every file, checked by `load` before a
 runtime reads them. A runtime compiles only the graphs of the decoder it is opened with.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -23,10 +24,15 @@ from .engine import Closable, check_embedding, no_boxes
 from .files import check_recorded
 from .precision import check_precision
 
-# the runtime module of each backend (imported only when a folder of that backend is opened)
-# the graphs each decoder runs (beside the encoder); a folder holds both sets
+# the graphs each decoder runs (beside the encoder)
 DECODER_GRAPHS = {"dense": ("decoder",), "factorised": ("prepare", "factorised")}
+# the runtime module of each backend (imported only when a folder of that backend is opened)
 RUNTIMES = {"openvino": "medsamlite.runtime.openvino", "onnxruntime": "medsamlite.runtime.onnxruntime"}
+
+
+def decoder_graphs(decoders: Sequence[str]) -> list[str]:
+    """The graphs `decoders` run beside the encoder, in order."""
+    return [graph for decoder in decoders for graph in DECODER_GRAPHS[decoder]]
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -49,7 +55,7 @@ class CompiledSam(Closable):
 
     backend: str = ""
 
-    def __init__(self, path: Path, meta: dict[str, Any], decoder: str = "dense") -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], decoder: str | None = "dense") -> None:
         self.path = path
         self.meta = meta
         self.decoder = decoder
@@ -85,6 +91,9 @@ class CompiledSam(Closable):
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         boxes = np.ascontiguousarray(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         check_embedding(self.config, embedding)
+        if self.decoder is None:
+            raise RuntimeError(f"{self.path}: opened with decoder=None (the encoder alone); decode needs "
+                               "load(..., decoder='dense' or 'factorised')")
         if boxes.shape[0] == 0:
             return no_boxes(self.config)
         if self.decoder == "factorised":
@@ -125,7 +134,7 @@ class CompiledSam(Closable):
 
     def graphs(self) -> list[str]:
         """The graphs this engine compiles: the encoder and those of its decoder."""
-        return ["encoder", *DECODER_GRAPHS[self.decoder]]
+        return ["encoder", *decoder_graphs([self.decoder] if self.decoder else [])]
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -151,15 +160,15 @@ class CompiledSam(Closable):
 
 
 def load(path: str | Path, backend: str | None = None, precision: str | None = None,
-         threads: int | None = None, decoder: str = "dense") -> CompiledSam:
+         threads: int | None = None, decoder: str | None = "dense") -> CompiledSam:
     """Open a compiled folder on its runtime; `precision`/`threads` override what it was exported with.
 
-    decoder: "dense" (SAM's, one graph call per box) or "factorised" (per-image `prepare` graph, then
-    batches of boxes; the same logits to rounding).
+    decoder: "dense" (SAM's, one graph call per box), "factorised" (per-image `prepare` graph, then
+    batches of boxes; the same logits to rounding) or None (the encoder alone: `encode` only).
     """
     path = Path(path)
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+    if decoder is not None and decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)} or None")
     meta = read_meta(path)
     if meta.get("format") != FORMAT_COMPILED:
         raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT_COMPILED!r} "
@@ -167,9 +176,9 @@ def load(path: str | Path, backend: str | None = None, precision: str | None = N
     # only the files this engine opens: the other decoder's graphs would add 26 MB of hashing to every cold start
     unused = {g for d, graphs in DECODER_GRAPHS.items() if d != decoder for g in graphs}
     check_recorded(path, meta, skip=lambda name: Path(name).stem in unused)
-    if decoder not in meta.get("decoders", ["dense"]):
-        raise ValueError(f"{path}: exported without the {decoder} decoder's graphs (an older medsamlite); export it "
-                         "again for that decoder, or use decoder dense")
+    if decoder is not None and decoder not in meta.get("decoders", ["dense"]):
+        raise ValueError(f"{path}: holds the decoders {meta.get('decoders', ['dense'])}, not {decoder!r}; export "
+                         f"it again (an export holds every decoder), or open it with one of those")
     stored = meta["backend"]
     if backend is not None and backend != stored:
         raise ValueError(f"{path}: exported for backend {stored!r}, not {backend!r}; export it again with "

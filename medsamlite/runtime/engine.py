@@ -52,6 +52,12 @@ class Closable:
         self.close()
 
 
+def describe(engine: Any) -> dict[str, Any]:
+    """What an engine runs on, for run records: backend (or its class name), precision, threads (None: unknown)."""
+    return {"backend": getattr(engine, "backend", type(engine).__name__),
+            "precision": getattr(engine, "precision", None), "threads": getattr(engine, "threads", None)}
+
+
 def check_embedding(config: ModelConfig, embedding: np.ndarray) -> None:
     """`decode` takes one embedding (1, C, h, w) of the model's shape; anything else is a ValueError."""
     if tuple(np.shape(embedding)) != (1, *config.embedding_shape):

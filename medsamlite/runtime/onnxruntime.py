@@ -31,7 +31,7 @@ class OnnxRuntimeSam(CompiledSam):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None, decoder: str = "dense") -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None, decoder: str | None = "dense") -> None:
         super().__init__(path, meta, decoder)
         if self.requested_precision == "bf16":
             fallback_warning("bf16", "f32", "ONNX Runtime's CPU provider computes in f32")
@@ -63,5 +63,5 @@ class OnnxRuntimeSam(CompiledSam):
         self._sessions = {}
 
 
-def open_compiled(path: Path, meta: dict[str, Any], threads: int | None, decoder: str = "dense") -> OnnxRuntimeSam:
+def open_compiled(path: Path, meta: dict[str, Any], threads: int | None, decoder: str | None = "dense") -> OnnxRuntimeSam:
     return OnnxRuntimeSam(path, meta, threads, decoder)

@@ -62,7 +62,7 @@ class OpenVINOSam(CompiledSam):
 
     backend = "openvino"
 
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None, decoder: str = "dense") -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None = None, decoder: str | None = "dense") -> None:
         super().__init__(path, meta, decoder)
         core = shared_core()
         hint = _hint(core, self.requested_precision)
@@ -137,5 +137,5 @@ class OpenVINOSam(CompiledSam):
         return self._encode_queue
 
 
-def open_compiled(path: Path, meta: dict[str, Any], threads: int | None, decoder: str = "dense") -> OpenVINOSam:
+def open_compiled(path: Path, meta: dict[str, Any], threads: int | None, decoder: str | None = "dense") -> OpenVINOSam:
     return OpenVINOSam(path, meta, threads, decoder)

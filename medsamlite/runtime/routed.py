@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..constants import DAFT_MANIFEST, FORMAT_DAFT
+from .engine import describe
 from .modality import UNKNOWN
 from .npz import read_case
 from .predictor import CaseResult, Predictor
@@ -81,8 +82,7 @@ class RoutedPredictor:
         predictor = Predictor(source() if isinstance(source, Lazy) else source, **self.kwargs)
         self._predictors[group] = predictor
         engine = predictor.engine
-        self.served[group] = {"backend": getattr(engine, "backend", type(engine).__name__),
-                              "precision": getattr(engine, "precision", None), "threads": getattr(engine, "threads", None)}
+        self.served[group] = describe(engine)
         return predictor
 
     def _evict(self, group: str) -> None:

@@ -14,7 +14,6 @@ import tempfile
 import time
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,31 +27,9 @@ from ..runtime.metrics import evaluate_case
 from ..runtime.npz import read_case
 from ..runtime.predictor import Predictor
 from ..runtime.router import Router
-from .config import FinetuneConfig
+from .config import FewShotConfig, FinetuneConfig
 
 ZERO_SHOT = "none"
-# learning rates per method (AdamW): the whole model moves slowly, the few adapter numbers fast
-LEARNING_RATES = {"full": 1e-5, "decoder": 1e-4, "probe": 1e-2}
-
-
-@dataclass
-class FewShotConfig:
-    """What the protocol draws, which methods it adapts with and how long each trains."""
-
-    shots: tuple[int, ...] = (1, 5, 10)
-    draws: int = 3
-    methods: tuple[str, ...] = ("full", "decoder", "bitfit", "norm", "lora", "adaptformer", "probe", "spatial")
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method: apply's settings
-    lr: float = 1e-3  # methods not in `lrs` (default LEARNING_RATES)
-    lrs: dict[str, float] = field(default_factory=lambda: dict(LEARNING_RATES))
-    steps: int = 30
-    batch_size: int = 4
-    test_cases: int = 3  # held out per group, never drawn
-    seed: int = 0
-    cache_embeddings: bool = True
-    device: str = "cpu"
-
-
 class CachedEncoder(nn.Module):
     """A frozen encoder that computes each distinct image once (most `size` kept), always in eval mode."""
 

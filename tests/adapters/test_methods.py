@@ -171,3 +171,15 @@ def test_adalora_hook_allocates_ranks_during_training() -> None:
     pattern = model.peft_config["default"].rank_pattern
     kept = sum(int(np.sum(v)) for v in pattern.values())
     assert pattern and kept < 4 * len(pattern)  # the budget pruned components
+
+
+@pytest.mark.parametrize("method", ["adalora", "vera"])
+def test_linear_only_methods_on_a_convolutional_encoder_say_what_to_do(method: str) -> None:
+    # EfficientViT's encoder adapts through 1x1 convolutions: peft's AdaLoRA and VeRA have no Conv2d layer
+    model = medsamlite.create_model("efficientvit_sam_l0_256")
+    with pytest.raises(ValueError, match="wraps Linear layers only and these targets are convolutions"):
+        adapters.apply(copy.deepcopy(model), method)
+    adapted = adapters.apply(model, method, include_decoder=True)
+    wrapped = [n for n, m in adapted.named_modules() if n.startswith("mask_decoder") and hasattr(m, "base_layer")]
+    assert wrapped and not any(n.startswith("image_encoder") and hasattr(m, "base_layer")
+                               for n, m in adapted.named_modules())

@@ -11,6 +11,7 @@ import torch
 
 from conftest import cache_dir, golden_arrays, golden_case_for, max_rel_error, torch_model  # noqa: F401
 from medsamlite import list_models
+from medsamlite.constants import DECODERS
 from medsamlite.export import compile
 from medsamlite.export.compile import FACTORISED_BOXES
 from medsamlite.runtime import Predictor
@@ -36,9 +37,9 @@ def test_factorised_logits_equal_dense_on_the_golden_embedding(name: str, backen
     scale = model.config.input_size / 256  # the golden boxes are in a 256 frame
     # 3 + 14 boxes: two full static batches and a padded one
     boxes = np.concatenate([arrays["boxes3"] * scale, _boxes(model.config.input_size, 14)]).astype(np.float32)
-    with compile(model, backend, cache_dir=cache_dir) as dense, \
-            compile(model, backend, cache_dir=cache_dir, decoder="factorised") as factorised:
-        assert factorised.path == dense.path  # one entry holds both decoders
+    with compile(model, backend, cache_dir=cache_dir, decoders=DECODERS) as dense, \
+            compile(model, backend, cache_dir=cache_dir, decoder="factorised", decoders=DECODERS) as factorised:
+        assert factorised.path == dense.path  # one entry holds both decoders, as an export does
         expected, expected_iou = dense.decode(arrays["image_embedding"], boxes)
         logits, iou = factorised.decode(arrays["image_embedding"], boxes)
     assert logits.shape == expected.shape and iou.shape == expected_iou.shape
@@ -52,7 +53,7 @@ def test_factorised_logits_equal_dense_on_the_golden_embedding(name: str, backen
 def test_prepared_tensors_are_recorded_and_serve_any_number_of_boxes(backend: str, cache_dir: Path) -> None:
     model = torch_model("litemedsam")
     embedding = golden_arrays("litemedsam")["image_embedding"]
-    engine = compile(model, backend, cache_dir=cache_dir, decoder="factorised")
+    engine = compile(model, backend, cache_dir=cache_dir, decoder="factorised", decoders=DECODERS)
     with torch.no_grad():
         expected = model.prepare(torch.from_numpy(embedding))
     meta = engine.meta
@@ -84,8 +85,28 @@ def test_a_dense_engine_refuses_prepare_and_an_old_folder_refuses_factorised(cac
     for key in ("decoders", "prepared", "factorised_boxes"):
         del meta[key]
     (old / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="exported without the factorised decoder's graphs"):
+    with pytest.raises(ValueError, match=r"holds the decoders \['dense'\], not 'factorised'"):
         load(old, decoder="factorised")
     with pytest.raises(ValueError, match="expected one of dense, factorised"):
         load(old, decoder="sparse")
     load(old).close()  # dense still opens
+
+
+def test_an_entry_holds_the_decoder_it_is_compiled_for(cache_dir: Path) -> None:
+    model = torch_model("repvit_m0_6_medsam")
+    graphs = {}
+    for decoder in ("dense", "factorised", None):
+        engine = compile(model, "onnxruntime", cache_dir=cache_dir, decoder=decoder)
+        graphs[decoder] = sorted(Path(f).stem for f in engine.meta["files"].values())
+        assert engine.meta["decoders"] == ([decoder] if decoder else [])
+        embedding = engine.encode(np.zeros((1, 3, 256, 256), np.float32))
+        if decoder is None:
+            with pytest.raises(RuntimeError, match="decoder=None"):
+                engine.decode(embedding, np.array([[10, 10, 50, 50]], np.float32))
+            with pytest.raises(ValueError, match=r"holds the decoders \[\], not 'dense'"):
+                load(engine.path)
+        engine.close()
+    assert graphs == {"dense": ["decoder", "encoder"], "factorised": ["encoder", "factorised", "prepare"],
+                      None: ["encoder"]}
+    with pytest.raises(ValueError, match="holding the decoder run"):
+        compile(model, "onnxruntime", cache_dir=cache_dir, decoder="factorised", decoders=["dense"])

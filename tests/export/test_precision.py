@@ -48,6 +48,24 @@ def test_precisions_never_share_a_cache_entry(cache_dir: Path) -> None:
     assert len(paths) == 2
 
 
+def test_a_second_precision_copies_the_graphs_instead_of_converting(cache_dir: Path, monkeypatch) -> None:
+    import importlib
+
+    compile_module = importlib.import_module("medsamlite.export.compile")
+    model = torch_model("repvit_m0_6_medsam")
+    f32 = compile(model, "openvino", cache_dir=cache_dir, precision="f32")
+    monkeypatch.setattr(compile_module.convert, "convert", lambda *a: pytest.fail("converted again"))
+    auto = compile(model, "openvino", cache_dir=cache_dir, precision="auto")
+    assert auto.path != f32.path and auto.meta["precision"] == "auto" and auto.meta["files"] == f32.meta["files"]
+    for name in f32.meta["files"].values():  # the same graphs, checked by load against auto's own digests
+        assert (auto.path / name).read_bytes() == (f32.path / name).read_bytes()
+    images = random_images(256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrecisionWarning)
+        as_f32 = load(auto.path, precision="f32")
+    np.testing.assert_array_equal(as_f32.encode(images), f32.encode(images))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_openvino_bf16_runs_or_falls_back(name: str, cache_dir: Path) -> None:
     model = torch_model(name)
