@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ft.add_argument("--patience", type=int, default=ft_defaults.early_stopping_patience,
                     help="early stopping: epochs without a better validation loss (default: %(default)s; 0: off)")
     ft.add_argument("--box-shift", type=int, default=5, help="random box widening, px (default: %(default)s)")
+    ft.add_argument("--decoder", choices=("dense", "factorised"), default=ft_defaults.decoder,
+                    help="factorised: each image's box-independent decoder part once, the same gradients to "
+                         "rounding, about 1.9x less decoder work at 8 targets per image (default: %(default)s)")
     ft.add_argument("--modality-probabilities", nargs="*", metavar="MODALITY=P",
                     help="modality-balanced sampling, e.g. CT=0.4 MR=0.1 (the rest share the remainder)")
     ft.add_argument("--temperature", type=float, help="modality sampling by frequency^(1/T) (inf: uniform)")
@@ -169,7 +172,7 @@ def _finetune(args: argparse.Namespace) -> int:
         sampler = ModalityBalancedSampler(train.modalities, _probabilities(args.modality_probabilities),
                                           args.temperature, args.samples_per_epoch, args.seed)
     config = _loop_config(FinetuneConfig, args, loss=args.loss, freeze=tuple(args.freeze),
-                          early_stopping_patience=args.patience or None)
+                          early_stopping_patience=args.patience or None, decoder=args.decoder)
     result = finetune(model, train, val, config, sampler=sampler, run_info=info)
     if result.rank:
         return 0

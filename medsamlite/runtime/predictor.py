@@ -23,8 +23,9 @@ from .overlay import write_overlay
 from .slice_cache import SliceCache
 
 OVERLAPS = ("order", "argmax")
-# full-resolution logits of one postprocessing batch stay under this (a 1920x2560 box is 20 MB)
-_POST_BYTES = 256 << 20
+# full-resolution logits of one postprocessing batch stay under this (a 1920x2560 box is 20 MB); the sigmoid
+# and resize temporaries are as large again: 256 MiB gave a 2.3 GB peak on 200 boxes at 1024x1024
+_POST_BYTES = 64 << 20
 # cv2.resize cannot take every dtype; these pass through unchanged (uint8 must, for parity)
 _CV_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import save_model
+from ..constants import DECODERS
 from ..data.samplers import StreamSampler
 from .config import FinetuneConfig, TrainConfig
 from .frozen import train_mode
@@ -69,16 +70,28 @@ def targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 class BoxForward(nn.Module):
-    """One encoder pass per image, then every box of the batch through the decoder in one call."""
+    """One encoder pass per image, then every box of the batch through the decoder: in one call (dense), or
+    per image on its box-independent part computed once (factorised: the same loss and gradients to rounding;
+    decoder forward + backward of 8 boxes on one image 1.35 -> 0.70 s, 1 box 0.17 -> 0.23 s, CPU)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, decoder: str = "dense") -> None:
         super().__init__()
-        self.model = model
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+        self.model, self.decoder = model, decoder
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.model.encode(images)
-        return self.model.decode(embeddings if len(images) == 1 else embeddings[owner], boxes)
+        if self.decoder == "dense":
+            return self.model.decode(embeddings if len(images) == 1 else embeddings[owner], boxes)
+        rows = [(owner == i).nonzero()[:, 0] for i in range(len(images))]
+        parts = [self.model.decode(embeddings[i:i + 1], boxes[r], decoder="factorised")
+                 for i, r in enumerate(rows) if len(r)]
+        order = torch.cat([r for r in rows if len(r)])
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=order.device)  # each box's row in the batch again
+        return torch.cat([p[0] for p in parts])[back], torch.cat([p[1] for p in parts])[back]
 
 
 def box_loss(forward: nn.Module, loss_fn: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,13 +130,13 @@ class FinetuneTask(Task):
     name = "finetune"
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, frozen: Iterable[str] = ("prompt_encoder",),
-                 save: Callable[[nn.Module, Path], None] = save_best) -> None:
+                 save: Callable[[nn.Module, Path], None] = save_best, decoder: str = "dense") -> None:
         if not isinstance(loss_fn, BoxLoss):
             raise ValueError(f"loss {type(loss_fn).__name__} is not a box-prompted loss (logits, mask, iou); "
                              "finetune trains one mask per box — partial-label losses need a multi-class head")
         self.model, self.loss_fn, self.save = model, loss_fn, save
         freeze(model, frozen)
-        self.forward = BoxForward(model)
+        self.forward = BoxForward(model, decoder)
 
     def module(self) -> nn.Module:
         return self.forward
@@ -160,6 +173,6 @@ def finetune(model: nn.Module, train_data: Dataset, val_data: Dataset | None = N
     by `save`) and drives early stopping; `sampler` (e.g. `ModalityBalancedSampler`) replaces shuffling.
     """
     config = config or FinetuneConfig()
-    task = FinetuneTask(model, get_loss(config.loss, **config.loss_kwargs), config.freeze, save)
+    task = FinetuneTask(model, get_loss(config.loss, **config.loss_kwargs), config.freeze, save, config.decoder)
     return train(task, train_data, config, val_data=val_data, sampler=sampler, after_step=after_step,
                  run_info=run_info)

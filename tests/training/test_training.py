@@ -201,6 +201,27 @@ def test_k_targets_one_encoder_pass_one_decoder_call_loss_over_valid_masks(case_
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_the_factorised_decoder_gives_the_dense_loss_and_gradients(case_dir):
+    data = k_targets(case_dir, tiny.CONFIG, 3)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    grads = {}
+    for decoder in ("dense", "factorised"):
+        net = model()
+        task = FinetuneTask(net, get_loss("litemedsam"), decoder=decoder)
+        loss, images, masks = task.step(task.module(), batch)
+        loss.backward()
+        grads[decoder] = (float(loss), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    (dense, g_dense), (factorised, g_fact) = grads["dense"], grads["factorised"]
+    assert factorised == pytest.approx(dense, rel=1e-5) and set(g_fact) <= set(g_dense)
+    scale = max(g.abs().max() for g in g_dense.values())
+    for name, g in g_dense.items():  # relative to the largest gradient: key biases' are zero up to rounding;
+        # the factorised decoder skips the unused multimask heads, whose dense gradients are zero
+        other = g_fact.get(name, torch.zeros_like(g))
+        assert float((g - other).abs().max()) <= 1e-4 * float(scale), name
+    with pytest.raises(ValueError, match="expected one of dense, factorised"):
+        FinetuneTask(model(), get_loss("litemedsam"), decoder="sparse")
+
+
 def test_k_targets_train_and_validate(tmp_path, case_dir):
     data = k_targets(case_dir, tiny.CONFIG, 3)
     result = finetune(model(), data, data, FinetuneConfig(output_dir=str(tmp_path), epochs=2, batch_size=4, lr=3e-3,
