@@ -219,8 +219,9 @@ def run_bench(config: BenchConfig, progress: Any = None) -> BenchResult:
     data, cases = prepare_data(config)
     rows, models = [], []
     runs, notes = config.runs()
+    targets = compile_targets(runs) if config.main_job else {}
     start = time.perf_counter()
-    compiled = fill_cache(config, runs, progress) if config.main_job else {}
+    compiled = fill_cache(targets, progress)
     compile_wall = time.perf_counter() - start
     for model, backend, precision in runs:
         if progress:
@@ -230,7 +231,7 @@ def run_bench(config: BenchConfig, progress: Any = None) -> BenchResult:
         summary, model_rows = collect(model, backend, records, data / "gts", label)
         rows += model_rows
         models.append(summary)
-    speed = encoder_speeds(config, compiled, progress) if config.main_job else []
+    speed = encoder_speeds(config, targets, compiled, progress) if config.main_job else []
     context = machine_context(config, data)
     if compiled:
         context["compile_wall_seconds"] = compile_wall
@@ -242,28 +243,28 @@ def run_bench(config: BenchConfig, progress: Any = None) -> BenchResult:
 def compile_targets(runs: list[tuple[str, str, str]]) -> dict[str, tuple[list[str], str | None]]:
     """What the main job opens on the speed backend: {model: (precisions, decoder)}; the encoder alone for
     the speed chart unless a run opens the model's dense entry anyway."""
-    targets: dict[str, tuple[list[str], str | None]] = {}
     from ..registry import list_models
 
+    targets: dict[str, tuple[list[str], str | None]] = {}
     for name in list_models():
         precisions = [p for m, b, p in runs if m == name and b == SPEED_BACKEND]
         targets[name] = (precisions, "dense") if precisions else ([SPEED_PRECISION], None)
     return targets
 
 
-def fill_cache(config: BenchConfig, runs: list[tuple[str, str, str]], progress: Any = None) -> dict[str, dict]:
-    """Compile everything the main job opens on the speed backend into the cache before anything is timed
-    (so no run's cold start and no encoder's time holds a compile); {model: {"compile_seconds", "compiled"}}.
+def fill_cache(targets: dict[str, tuple[list[str], str | None]], progress: Any = None) -> dict[str, dict]:
+    """Compile `compile_targets` into the cache before anything is timed (so no run's cold start and no
+    encoder's time holds a compile); {model: {"compile_seconds", "compiled"}}.
 
     One model after another: two compiling processes took 52 s where one took 44 s (2 cores).
     """
-    if missing(SPEED_BACKEND):
+    if not targets or missing(SPEED_BACKEND):
         return {}
     from ..export import compile
     from .precision import bench_model
 
     done: dict[str, dict] = {}
-    for name, (precisions, decoder) in compile_targets(runs).items():
+    for name, (precisions, decoder) in targets.items():
         start, built = time.perf_counter(), []
         model = bench_model(name)[0]
         if progress:
@@ -274,9 +275,10 @@ def fill_cache(config: BenchConfig, runs: list[tuple[str, str, str]], progress: 
     return done
 
 
-def encoder_speeds(config: BenchConfig, compiled: dict[str, dict], progress: Any = None) -> list[dict[str, Any]]:
+def encoder_speeds(config: BenchConfig, targets: dict[str, tuple[list[str], str | None]],
+                   compiled: dict[str, dict], progress: Any = None) -> list[dict[str, Any]]:
     """Median `encode` seconds of every registered encoder on OpenVINO f32, opened from the cache `fill_cache`
-    filled (the encoder alone, or the main model's dense entry)."""
+    filled with `targets` (the encoder alone, or the main model's dense entry)."""
     if missing(SPEED_BACKEND):
         return []
     from ..export import compile
@@ -284,7 +286,7 @@ def encoder_speeds(config: BenchConfig, compiled: dict[str, dict], progress: Any
     from .precision import bench_model
 
     rows = []
-    for name, (_, decoder) in compile_targets(config.runs()[0]).items():
+    for name, (_, decoder) in targets.items():
         if progress:
             progress(f"{name}: encoder speed ({SPEED_BACKEND} {SPEED_PRECISION})")
         start = time.perf_counter()
@@ -428,9 +430,7 @@ def speed_table(result: BenchResult) -> list[str]:
                  f"{MAIN_MODEL} with its decoder at each precision its runs use).", "",
              "| model | input | encode ms | ready s | compile s |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['input_size']} | {r['encode_ms']:.0f} | {r['ready_seconds']:.1f} | "
-              f"{r['compile_seconds']:.1f} |" if r.get("compiled") else
-              f"| {r['model']} | {r['input_size']} | {r['encode_ms']:.0f} | {r['ready_seconds']:.1f} | cached |"
-              for r in result.speed]
+              f"{format(r['compile_seconds'], '.1f') if r.get('compiled') else 'cached'} |" for r in result.speed]
     return lines
 
 

@@ -174,7 +174,7 @@ def load(path: str | Path, backend: str | None = None, precision: str | None = N
         raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT_COMPILED!r} "
                          "(a folder written by `medsamlite export` or `medsamlite.export.compile`)")
     # only the files this engine opens: the other decoder's graphs would add 26 MB of hashing to every cold start
-    unused = {g for d, graphs in DECODER_GRAPHS.items() if d != decoder for g in graphs}
+    unused = set(decoder_graphs([d for d in DECODER_GRAPHS if d != decoder]))
     check_recorded(path, meta, skip=lambda name: Path(name).stem in unused)
     if decoder is not None and decoder not in meta.get("decoders", ["dense"]):
         raise ValueError(f"{path}: holds the decoders {meta.get('decoders', ['dense'])}, not {decoder!r}; export "

@@ -30,6 +30,8 @@ from ..runtime.router import Router
 from .config import FewShotConfig, FinetuneConfig
 
 ZERO_SHOT = "none"
+
+
 class CachedEncoder(nn.Module):
     """A frozen encoder that computes each distinct image once (most `size` kept), always in eval mode."""
 
