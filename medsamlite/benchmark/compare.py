@@ -6,8 +6,8 @@ precision) with DSC, NSD and time per case, then the encode speed of every regis
 f32 (compiled through the compile cache, seeded random weights where none are trained: speed only, no DSC).
 `--models ...` is the full comparison: every listed model on one backend, DSC and all.
 
-Each run (model, backend, precision) runs in its own process (`worker.py`): cold start (imports, build, weights) is timed apart
-from the cases, and memory is that process's own. Scores are computed here, from the written `segs`,
+Each run (model, backend, precision) runs in its own process (`worker.py`): cold start (imports, build, weights;
+the main job's OpenVINO runs open their compiled folder torch-free, as an exported model runs) is timed apart from the cases, and memory is that process's own. Scores are computed here, from the written `segs`,
 with `medsamlite.runtime.scoring.score_file` under the task's rules; cases without ground truth are timed,
 not scored. Models without trained weights run with a seeded random initialisation: their runtime and memory are real, their DSC/NSD mean nothing and are not
 shown as accuracy (the CSVs keep them with `weights=random`).
@@ -34,7 +34,7 @@ from ..extras import missing
 from ..runtime.metrics import ZERO_NSD_BELOW_DSC
 from ..runtime.modality import parse_modality
 from ..runtime.scoring import score_file
-from .worker import WorkerSpec, write_spec
+from .worker import WorkerSpec, worker_env, write_spec
 
 
 @dataclass(frozen=True)
@@ -129,21 +129,17 @@ def prepare_data(config: BenchConfig) -> tuple[Path, list[Path]]:
 
 # running -----------------------------------------------------------------------------------------------
 
-def _worker_env() -> dict[str, str]:
-    """The environment with this medsamlite first on the path, so the worker runs the same code as we do."""
-    root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-
-
 def run_label(config: BenchConfig, model: str, backend: str, precision: str) -> str:
     """A run's name in tables and folders: the model (--models), or the model with its backend and precision."""
     return f"{model}_{backend}_{precision}" if config.main_job else model
 
 
 def run_model(config: BenchConfig, model: str, cases: list[Path], backend: str | None = None,
-              precision: str | None = None) -> list[dict[str, Any]]:
-    """Run one model's worker process; returns its event records (an error record if it died)."""
+              precision: str | None = None, compiled: Compiled | None = None) -> list[dict[str, Any]]:
+    """Run one model's worker process (torch-free on its folder in `compiled` where it has one for this backend
+    and precision); returns its event records (an error record if it died)."""
     backend, precision = backend or config.backend, precision or config.precision
+    folder = compiled.folders.get(precision) if compiled and backend == SPEED_BACKEND else None
     label = run_label(config, model, backend, precision)
     work = config.out / "runs" / label
     work.mkdir(parents=True, exist_ok=True)
@@ -151,12 +147,13 @@ def run_model(config: BenchConfig, model: str, cases: list[Path], backend: str |
     results.unlink(missing_ok=True)
     spec = WorkerSpec(model=model, cases=[str(c) for c in cases], out_dir=str(config.out / "segs" / label),
                       results=str(results), backend=backend, checkpoint=config.checkpoints.get(model),
-                      precision=precision, threads=config.threads, seed=config.seed)
+                      precision=precision, threads=config.threads, seed=config.seed, folder=folder,
+                      trained=compiled.trained if folder else None)
     with open(work / "worker.log", "w") as log:
         spec.launched = time.time()
         write_spec(spec, work / "spec.json")
         proc = subprocess.run([sys.executable, "-m", "medsamlite.benchmark.worker", str(work / "spec.json")],
-                              stdout=log, stderr=subprocess.STDOUT, env=_worker_env())
+                              stdout=log, stderr=subprocess.STDOUT, env=worker_env())
     records = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     if proc.returncode != 0:
         tail = (work / "worker.log").read_text().strip().splitlines()[-1:] or ["no output"]
@@ -227,7 +224,7 @@ def run_bench(config: BenchConfig, progress: Any = None) -> BenchResult:
         if progress:
             progress(f"{model}: {len(cases)} cases ({backend} {precision})")
         label = run_label(config, model, backend, precision)
-        records = run_model(config, model, cases, backend, precision)
+        records = run_model(config, model, cases, backend, precision, compiled.get(model))
         summary, model_rows = collect(model, backend, records, data / "gts", label)
         rows += model_rows
         models.append(summary)
@@ -252,9 +249,19 @@ def compile_targets(runs: list[tuple[str, str, str]]) -> dict[str, tuple[list[st
     return targets
 
 
-def fill_cache(targets: dict[str, tuple[list[str], str | None]], progress: Any = None) -> dict[str, dict]:
+@dataclass
+class Compiled:
+    """One model's entries in the compile cache, as `fill_cache` left them."""
+
+    seconds: float  # build + compile (or cache check) of every entry
+    built: bool  # False: every entry was in the cache already
+    trained: bool
+    folders: dict[str, str]  # precision -> the compiled folder
+
+
+def fill_cache(targets: dict[str, tuple[list[str], str | None]], progress: Any = None) -> dict[str, Compiled]:
     """Compile `compile_targets` into the cache before anything is timed (so no run's cold start and no
-    encoder's time holds a compile); {model: {"compile_seconds", "compiled"}}.
+    encoder's time holds a compile); the runs and the speed chart open the folders it returns.
 
     One model after another: two compiling processes took 52 s where one took 44 s (2 cores).
     """
@@ -263,41 +270,43 @@ def fill_cache(targets: dict[str, tuple[list[str], str | None]], progress: Any =
     from ..export import compile
     from .precision import bench_model
 
-    done: dict[str, dict] = {}
+    done: dict[str, Compiled] = {}
     for name, (precisions, decoder) in targets.items():
-        start, built = time.perf_counter(), []
-        model = bench_model(name)[0]
+        start, built, folders = time.perf_counter(), [], {}
+        model, weights = bench_model(name)
         if progress:
             progress(f"{name}: {SPEED_BACKEND} {', '.join(precisions)} (compiled on a cache miss)")
         for precision in precisions:
-            compile(model, SPEED_BACKEND, precision=precision, decoder=decoder, on_compile=built.append).close()
-        done[name] = {"compile_seconds": time.perf_counter() - start, "compiled": bool(built)}
+            with compile(model, SPEED_BACKEND, precision=precision, decoder=decoder, on_compile=built.append) as engine:
+                folders[precision] = str(engine.path)
+        done[name] = Compiled(time.perf_counter() - start, bool(built), weights == "pretrained", folders)
     return done
 
 
 def encoder_speeds(config: BenchConfig, targets: dict[str, tuple[list[str], str | None]],
-                   compiled: dict[str, dict], progress: Any = None) -> list[dict[str, Any]]:
-    """Median `encode` seconds of every registered encoder on OpenVINO f32, opened from the cache `fill_cache`
-    filled with `targets` (the encoder alone, or the main model's dense entry)."""
-    if missing(SPEED_BACKEND):
-        return []
-    from ..export import compile
+                   compiled: dict[str, Compiled], progress: Any = None) -> list[dict[str, Any]]:
+    """Median `encode` seconds of every registered encoder on OpenVINO f32, opened from the folders
+    `fill_cache` compiled for `targets` (the encoder alone, or the main model's dense entry)."""
+    from ..runtime.compiled import load
     from .latency import encode_medians
-    from .precision import bench_model
 
     rows = []
     for name, (_, decoder) in targets.items():
+        if name not in compiled:
+            continue
         if progress:
             progress(f"{name}: encoder speed ({SPEED_BACKEND} {SPEED_PRECISION})")
+        entry = compiled[name]
         start = time.perf_counter()
         # packaged weights where a model has them, else seeded random ones (weights do not change the speed)
-        engine = compile(bench_model(name)[0], SPEED_BACKEND, precision=SPEED_PRECISION, threads=config.threads,
-                         decoder=decoder)
+        engine = load(entry.folders[SPEED_PRECISION], precision=SPEED_PRECISION, threads=config.threads,
+                      decoder=decoder)
         ready = time.perf_counter() - start
         size = engine.config.input_size
         encode = encode_medians({name: engine}, size, SPEED_REPEATS)[name]
         rows.append({"model": name, "input_size": size, "backend": SPEED_BACKEND, "precision": SPEED_PRECISION,
-                     "encode_ms": 1000 * encode, "ready_seconds": ready, **compiled.get(name, {})})
+                     "encode_ms": 1000 * encode, "ready_seconds": ready, "compile_seconds": entry.seconds,
+                     "compiled": entry.built})
         engine.close()
     return rows
 
@@ -401,7 +410,8 @@ def markdown(result: BenchResult) -> str:
                                                         "weights=random and mean nothing)." if without else "."),
               f"NSD: tolerance 2 mm, reported as 0 for a case whose DSC <= {ZERO_NSD_BELOW_DSC} (the task's rule). "
               "s/case: `Predictor.predict_file` (read, preprocess, encode, decode, postprocess, write); cold start: "
-              "the worker process's imports, model build and weight loading. Peak RSS: the worker process's own "
+              "the worker process's imports, model build and weight loading (OpenVINO runs of the main job: opening the "
+              "compiled folder, torch-free). Peak RSS: the worker process's own "
               "peak during each case (VmHWM reset per case), the table shows the largest."]
     if ctx["main_job"]:
         lines += speedups(result) + speed_table(result)
@@ -424,7 +434,7 @@ def speed_table(result: BenchResult) -> list[str]:
     wall = result.context.get("compile_wall_seconds")
     lines = ["", f"Encoder speed, every registered model on {SPEED_BACKEND} {SPEED_PRECISION} (speed only: "
                  f"seeded random weights where a model has no trained ones; median of {SPEED_REPEATS} `encode` calls "
-                 "after one warm-up; ready: build + cache load; compile: this run's build into the cache, before "
+                 "after one warm-up; ready: opening the compiled folder; compile: this run's build into the cache, before "
                  "anything was timed"
                  + (f", {wall:.0f} s in all" if wall is not None else "") + "; the encoder alone, "
                  f"{MAIN_MODEL} with its decoder at each precision its runs use).", "",

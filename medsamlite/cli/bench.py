@@ -2,7 +2,8 @@
 
 `compare` (the default: `medsamlite bench` with no suite, the main job) runs the trained model on each backend
 and times every encoder, or with `--models` ranks models on DSC, NSD, runtime and memory;
-`precision` measures every precision the CPU offers against f32; `latency` the encoders per backend; `train`
+`precision` measures every precision the CPU offers against f32; `latency` the encoders per backend; `shapes`
+whole `predict` processes on the task's case shapes; `train`
 and `data` the training paths; `fewshot` runs the k-shot adaptation protocol. Each suite writes CSV + markdown + PNG.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ SUITES = {
     "compare": ("medsamlite.benchmark.compare", "the main job: litemedsam per backend + every encoder's speed; --models: the full comparison (the default)"),
     "precision": ("medsamlite.benchmark.precision", "f32 / bf16 / int8: encode latency and mask agreement with f32"),
     "latency": ("medsamlite.benchmark.latency", "encoder latency per backend and whole-process cold start"),
+    "shapes": ("medsamlite.benchmark.shapes", "whole-process `predict` time per case on the task's case shapes, per phase"),
     "train": ("medsamlite.benchmark.train", "training images/s and masks/s: processes, K targets, teacher cache, bf16"),
     "data": ("medsamlite.benchmark.data", "training data: items/s of the .npz and prepared paths, index open, prepare"),
     "fewshot": ("medsamlite.benchmark.fewshot", "k-shot adaptation per modality group: DSC/NSD against k per method"),

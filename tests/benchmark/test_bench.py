@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import mmap
 import subprocess
 import sys
@@ -143,6 +144,11 @@ def test_main_job_through_the_command_line(tmp_path):
         assert all(f"| {m} |" in done.stdout.split("Encoder speed")[1] for m in list_models())
         assert (out / "encoder_speed.png").read_bytes()[:8] == PNG
         assert "Speed-up over torch f32" in done.stdout
+    # the OpenVINO runs open the folder the job compiled, torch-free as an exported model runs
+    for backend, precision in expected:
+        events = (out / "runs" / f"litemedsam_{backend}_{precision}" / "events.jsonl").read_text().splitlines()
+        loaded = next(e for e in map(json.loads, events) if e["event"] == "model")
+        assert loaded["torch_imported"] is (backend == "torch")
 
 
 def test_cli_import_is_light():
@@ -181,3 +187,35 @@ def test_benchmark_scripts_start(script):
                           capture_output=True, text=True)
     assert done.returncode == 0 and "usage" in done.stdout, done.stderr
 
+
+
+def test_case_shapes_are_the_task_shapes():
+    """Each synthetic case has its shape and its boxes, inside the image (3D: within the volume's slices)."""
+    from medsamlite.benchmark.shapes import LARGE, SHAPES, synth_case
+
+    for shape in SHAPES + LARGE[:1]:
+        case = synth_case(shape)
+        assert case["imgs"].shape == shape.shape and case["imgs"].dtype == np.uint8
+        assert case["boxes"].shape == (shape.boxes, 6 if shape.kind == "3D" else 4)
+        x0, y0, x1, y1 = (case["boxes"][:, i] for i in ((0, 1, 3, 4) if shape.kind == "3D" else (0, 1, 2, 3)))
+        height, width = shape.shape[1:] if shape.kind == "3D" else shape.shape[:2]
+        assert (0 <= x0).all() and (x0 < x1).all() and (x1 < width).all() and (y0 < y1).all() and (y1 < height).all()
+        if shape.kind == "3D":
+            assert (case["boxes"][:, 5] - case["boxes"][:, 2] + 1 == shape.z_span).all()
+            assert case["boxes"][:, 5].max() < shape.shape[0]
+
+
+def test_bench_shapes_through_the_command_line(tmp_path):
+    """`medsamlite bench shapes`: one fresh `predict` process per case, its phases and decode time per box."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "medsamlite", "bench", "shapes", "--pretrained", "--backend",
+                           "torch", "--only", "2DBox_X-Ray_synth", "--warmup", "0", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [row] = list(csv.DictReader(open(out / "case_shapes.csv")))
+    assert row["case"] == "2DBox_X-Ray_synth" and row["decoder"] == "dense"
+    phases = sum(float(row[f"{p}_s"]) for p in ("read", "preprocess", "encode", "decode", "postprocess", "write"))
+    assert 0 < phases < float(row["wall_s"]) and float(row["peak_rss_mb"]) > 0
+    assert float(row["decode_ms_per_box"]) == pytest.approx(1000 * float(row["decode_s"]) / 34, rel=1e-3)
+    markdown = (out / "case_shapes.md").read_text()
+    assert "CPU: " in markdown and "2D 320x640, 34 boxes" in markdown

@@ -21,6 +21,7 @@ from conftest import REPO, cache_dir, golden_arrays, golden_case_for, torch_mode
 from medsamlite import create_model, list_models
 from medsamlite.export import cache_key, compile, export
 from medsamlite.export.cache import building, entry_ready
+from medsamlite.export.compile import ONNX_STAGE
 from medsamlite.runtime import Predictor
 from medsamlite.runtime.compiled import load
 from test_models import reference
@@ -56,6 +57,20 @@ def test_decoder_graph_is_static_and_decode_takes_any_number_of_boxes(cache_dir:
         np.testing.assert_allclose(one_iou[0], iou[i], atol=1e-5)
     empty, empty_iou = compiled.decode(embedding, np.zeros((0, 4), np.float32))
     assert empty.shape == (0, 1, 256, 256) and empty_iou.shape == (0, 1)
+
+
+def test_read_ir_gives_what_convert_model_gives(cache_dir: Path, tmp_path: Path) -> None:
+    """The compiled encoder (ONNX read by the Core) computes exactly what `ov.convert_model`'s IR computes."""
+    import openvino as ov
+
+    from medsamlite.runtime.openvino import shared_core
+
+    compiled = compile(torch_model(CHEAP), "openvino", cache_dir=cache_dir, decoder=None)
+    onnx = cache_dir / ONNX_STAGE / compiled.meta["onnx_key"] / "encoder.onnx"
+    ov.save_model(ov.convert_model(str(onnx)), str(tmp_path / "encoder.xml"), compress_to_fp16=False)
+    converted = shared_core().compile_model(str(tmp_path / "encoder.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    image = random_images(compiled.config.input_size)
+    np.testing.assert_array_equal(compiled.encode(image), converted.create_infer_request().infer([image])[0])
 
 
 @pytest.mark.parametrize("backend", BACKEND_NAMES)

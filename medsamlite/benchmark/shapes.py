@@ -8,8 +8,8 @@ box), in the shapes and box layouts of the reference runtime table:
     2D 1024x1024x3, 200 boxes (microscopy-like: where the decoder's cost per box decides)
     --large adds 2D 1920x2560x3 with 241 boxes, 3D 264x200x200 with 1 box, 3D 287x512x512 with 6 boxes
 
-    python benchmarks/case_shapes.py --model litemedsam --backend torch --precision f32
-    python benchmarks/case_shapes.py --backend openvino --decoder factorised --only 2DBox_Microscope_synth
+    medsamlite bench shapes --model litemedsam --pretrained --backend torch --precision f32
+    medsamlite bench shapes --pretrained --backend openvino --decoder factorised --only 2DBox_Microscope_synth
 
 `decode_ms_per_box` is the predictor's decode phase over the case's boxes (3D: over box-slices decoded).
 
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _report import REPO, machine_header, markdown_table, stacked_bars, write_csv, write_markdown
+from .report import machine_header, markdown_table, stacked_bars, write_csv, write_markdown
+from .worker import worker_env
 
 PHASES = ("read", "preprocess", "encode", "decode", "postprocess", "write")
 
@@ -131,7 +132,7 @@ def predict_command(args: argparse.Namespace, case: Path, out: Path) -> list[str
 
 def run_once(args: argparse.Namespace, case: Path, out: Path, decodes: int) -> dict:
     """One fresh `medsamlite predict` process: wall time, peak RSS and the phases it reported."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = worker_env()
     log = out.with_suffix(".log")
     out.mkdir(parents=True, exist_ok=True)
     with log.open("w") as stderr:
@@ -152,8 +153,7 @@ def run_once(args: argparse.Namespace, case: Path, out: Path, decodes: int) -> d
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="litemedsam", help="registered name or exported folder")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint")
@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (the median is tabled)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (fills runtime caches)")
     parser.add_argument("--note", default="", help="a line added to the header (e.g. where the weights came from)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "case_shapes")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=Path("shapes-results"))
+
+
+def run(args: argparse.Namespace) -> int:
     shapes = [s for s in SHAPES + (LARGE if args.large else ()) if not args.only or s.name in args.only]
     header = machine_header()
     tag = (f"{Path(args.model).name}, backend {args.backend or 'default'}, precision {args.precision or 'default'}, "
@@ -212,7 +214,3 @@ def main(argv: list[str] | None = None) -> int:
     stacked_bars(args.out / "case_shapes.png", [m["case"] for m in medians], parts, f"{tag}\n{header[0]}")
     print((args.out / "case_shapes.md").read_text())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
