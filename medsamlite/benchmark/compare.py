@@ -139,7 +139,9 @@ def run_model(config: BenchConfig, model: str, cases: list[Path], backend: str |
     """Run one model's worker process (torch-free on its folder in `compiled` where it has one for this backend
     and precision); returns its event records (an error record if it died)."""
     backend, precision = backend or config.backend, precision or config.precision
-    folder = compiled.folders.get(precision) if compiled and backend == SPEED_BACKEND else None
+    # the folders hold the packaged weights: a run given --checkpoints builds its own model
+    own = compiled is not None and backend == SPEED_BACKEND and model not in config.checkpoints
+    folder = compiled.folders.get(precision) if own else None
     label = run_label(config, model, backend, precision)
     work = config.out / "runs" / label
     work.mkdir(parents=True, exist_ok=True)

@@ -219,3 +219,17 @@ def test_bench_shapes_through_the_command_line(tmp_path):
     assert float(row["decode_ms_per_box"]) == pytest.approx(1000 * float(row["decode_s"]) / 34, rel=1e-3)
     markdown = (out / "case_shapes.md").read_text()
     assert "CPU: " in markdown and "2D 320x640, 34 boxes" in markdown
+
+
+def test_runs_open_the_compiled_folder_unless_given_their_own_weights(tmp_path, monkeypatch):
+    """A main-job OpenVINO run opens the folder fill_cache compiled (packaged weights); --checkpoints builds its own."""
+    from medsamlite.benchmark import compare
+
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0))
+    compiled = compare.Compiled(1.0, True, True, {"f32": str(tmp_path / "entry")})
+    for checkpoints, expected in (({}, str(tmp_path / "entry")), ({"litemedsam": "own.pt"}, None)):
+        config = BenchConfig(out=tmp_path / str(len(checkpoints)), checkpoints=checkpoints)
+        compare.run_model(config, "litemedsam", [], "openvino", "f32", compiled)
+        spec = json.loads((config.out / "runs" / "litemedsam_openvino_f32" / "spec.json").read_text())
+        assert spec["folder"] == expected and spec["trained"] == (True if expected else None)
+        assert spec["checkpoint"] == checkpoints.get("litemedsam")
