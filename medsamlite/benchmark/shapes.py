@@ -33,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import PHASES
 from .report import machine_header, markdown_table, stacked_bars, write_csv, write_markdown
 from .worker import worker_env
-
-PHASES = ("read", "preprocess", "encode", "decode", "postprocess", "write")
 
 
 @dataclass(frozen=True)
