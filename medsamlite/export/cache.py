@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..constants import CONFIG_FILE
 from ..runtime.files import chmod_per_umask, file_digests
@@ -42,6 +43,15 @@ def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
         if t.numel():
             # raw bytes, so every dtype (bf16 included, which numpy cannot hold) hashes the same way
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def source_digest(classes: Iterable[type]) -> str:
+    """sha256 over the source files that define `classes`: a traced graph changes with its code."""
+    files = sorted({f for f in (inspect.getsourcefile(c) for c in classes) if f})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).read_bytes())
     return h.hexdigest()
 
 

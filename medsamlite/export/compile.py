@@ -26,7 +26,8 @@ from ..runtime.compiled import CompiledSam, decoder_graphs, load, read_meta
 from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
 from . import convert
-from .cache import building, default_cache_dir, digest, discard, entry_ready, state_dict_digest, write_meta
+from .cache import (building, default_cache_dir, digest, discard, entry_ready, source_digest, state_dict_digest,
+                    write_meta)
 from .quantize import calibration_batches, calibration_digest
 
 if TYPE_CHECKING:
@@ -53,13 +54,17 @@ def _check_backend(name: str) -> str:
 
 
 def onnx_key(model: "SamLite", decoders: Sequence[str] = DECODERS) -> str:
-    """Key of the traced graphs: weights, config, module structure, input shape, decoders, exporter versions."""
+    """Key of the traced graphs: weights, config, modules and their code, input shape, decoders, exporter versions."""
     import torch
 
+    from ..models.factorised_decoder import FactorisedMaskDecoder
+
     config = model.config
-    # the module tree's repr catches what the state_dict and config miss (e.g. wrapped adapters, norm eps)
+    # the module tree's repr catches what the state_dict and config miss (e.g. wrapped adapters, norm eps);
+    # the modules' source files, a change to what they compute (an upgrade of medsamlite or timm)
+    code = source_digest([type(m) for m in model.modules()] + [FactorisedMaskDecoder])
     return digest({"weights": state_dict_digest(model.state_dict()), "config": config.to_dict(),
-                   "structure": digest({"repr": repr(model)}),
+                   "structure": digest({"repr": repr(model)}), "code": code,
                    "input_shape": [1, 3, config.input_size, config.input_size], "torch": torch.__version__,
                    "decoder_boxes": DECODER_BOXES, "factorised_boxes": FACTORISED_BOXES,
                    "decoders": list(decoders), "opset": OPSET, "format": FORMAT_COMPILED})

@@ -21,7 +21,7 @@ from conftest import REPO, cache_dir, golden_arrays, golden_case_for, torch_mode
 from medsamlite import create_model, list_models
 from medsamlite.export import cache_key, compile, export
 from medsamlite.export.cache import building, entry_ready
-from medsamlite.export.compile import ONNX_STAGE
+from medsamlite.export.compile import ONNX_STAGE, onnx_key
 from medsamlite.runtime import Predictor
 from medsamlite.runtime.compiled import load
 from test_models import reference
@@ -276,3 +276,19 @@ def test_torch_engine_closes_too() -> None:
         pass
     with pytest.raises(RuntimeError, match="is closed"):
         engine.encode(random_images(engine.config.input_size))
+
+
+def test_the_traced_graphs_key_follows_the_code_of_the_model_s_modules(tmp_path: Path, monkeypatch) -> None:
+    """An upgrade that changes what a module computes (same weights, same repr) must not reuse old graphs."""
+    source = tmp_path / "extra_block.py"
+    source.write_text("import torch\n\n\nclass Extra(torch.nn.Identity):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import extra_block
+
+    model = copy.deepcopy(torch_model(CHEAP))
+    model.extra = extra_block.Extra()
+    before = onnx_key(model)
+    assert onnx_key(model) == before
+    source.write_text("import torch\n\n\nclass Extra(torch.nn.Identity):\n    pass  # new code, same class\n")
+    assert onnx_key(model) != before
+
