@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most 3D slices whose decoder input (embedding, or factorised prepared tensors) is held at once")
     parser.add_argument("--cache-mb", type=float, default=256,
                         help="most MiB of 3D decoder inputs held at once: embeddings are 4 MiB a slice, the factorised "
-                             "decoder's prepared tensors about 28 MiB")
+                             "decoder's prepared tensors about 26 MiB")
 
 
 def load_engine(args: argparse.Namespace) -> Any:

@@ -114,7 +114,7 @@ class Predictor:
     chunk_size: most boxes per decoder call. overlap: "order" (the reference: later boxes win) or
     "argmax" (each pixel goes to the box with the highest logit among those whose mask covers it).
     3D keeps each slice's decoder input from its first to its last use: the embedding (4 MiB at 256x64x64)
-    or, with the factorised decoder, its prepared tensors (about 28 MiB for SAM's decoder), at most
+    or, with the factorised decoder, its prepared tensors (about 26 MiB for SAM's decoder), at most
     `cache_slices` slices and `cache_mb` MiB at once (256 MiB: 64 embeddings, or 9 prepared slices).
     encode_batch: most slices per encoder call in 3D; OpenVINO runs a call's slices in parallel streams.
     precision: "f32" or "bf16", used only when wrapping a torch model; decoder: "dense" or "factorised",
