@@ -247,11 +247,12 @@ class FactorisedMaskDecoder(nn.Module):
         return _Tokens(s=inv if s is None else s * inv, c=coeff * inv[:, None], r=norm.weight * rows_c, e=norm.bias,
                        history=history)
 
-    def _cross(self, p: dict[str, torch.Tensor], history, i: int, j: int) -> torch.Tensor:
+    def _cross(self, p: dict[str, torch.Tensor], history: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+               i: int, j: int) -> torch.Tensor:
         """rows_j @ Z_j^T (B, r_j, N) without (B, N, C) work: layer j's rows against xc_i (seen as Z_j).
 
         Layer j's rows are [R_j; U_j; const_j] with U_j[h, t] = W_out_j[:, head h] @ v_t,h, so U_j @ Z^T comes
-        from Z @ W_out_j (N, H*d, prepared). R_j = gamma_{j-1} * (rows_{j-1} - their means), so
+        from Z @ W_out_j (prepared per head as (H, d, N)). R_j = gamma_{j-1} * (rows_{j-1} - their means), so
         R_j @ Z_j^T = rows_{j-1} @ Z_{j-1}^T - means x sum(Z_{j-1}) (recursively). Centring layer i's own rows
         changes nothing (xc_i sums to 0 over C).
         """
