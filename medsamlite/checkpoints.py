@@ -32,6 +32,7 @@ from . import encoders  # noqa: F401  (registers the built-in encoders, whose re
 from .config import ModelConfig
 from .constants import CONFIG_FILE, FORMAT_MODEL, WEIGHTS_FILE
 from .registry import get_encoder_spec
+from .runtime.files import atomic_file
 
 HEADS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "net", "weights")
@@ -208,15 +209,20 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, torc
 
 
 def save_model(model: nn.Module, directory: str | Path) -> Path:
-    """Save weights (safetensors) and config (JSON) into `directory`; `load_model` reads it back."""
-    from safetensors.torch import save_file
+    """Save weights (safetensors) and config (JSON) into `directory`; `load_model` reads it back.
+
+    Each file is written atomically (the folder may hold other things: a distillation's logs and checkpoints);
+    `runtime.files.atomic_dir` makes a whole folder atomic.
+    """
+    from safetensors.torch import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT_MODEL})
+    with atomic_file(directory / WEIGHTS_FILE) as f:
+        f.write(save(tensors, metadata={"format": FORMAT_MODEL}))
     meta = {"format": FORMAT_MODEL, "version": 1, "config": model.config.to_dict()}
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    with atomic_file(directory / CONFIG_FILE) as f:
+        f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
     return directory
 
 

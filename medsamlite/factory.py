@@ -5,7 +5,6 @@ from .extras import require
 
 require("torch", "medsamlite.factory (creating torch models)")
 
-import hashlib
 import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -15,6 +14,7 @@ from .checkpoints import CheckpointError, load_checkpoint, read_config
 from .config import ModelConfig
 from .constants import WEIGHTS_FILE
 from .registry import get_encoder_spec, get_model_config, list_encoders, pretrained_source  # noqa: F401 (re-exported)
+from .runtime.files import file_digest
 
 if TYPE_CHECKING:
     import torch
@@ -63,14 +63,6 @@ def load_model(directory: str | Path) -> "SamLite":
     return model.eval()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def has_pretrained(config: ModelConfig) -> bool:
     """Whether the packaged weights of `config` are installed (without verifying them)."""
     source = pretrained_source(config)
@@ -92,6 +84,6 @@ def pretrained_path(config: ModelConfig | str) -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / source.path
     if not path.exists():
         raise CheckpointError(f"{path}: missing from the installed '{source.package}' package")
-    if _sha256(path) != source.sha256:
+    if file_digest(path) != source.sha256:
         raise CheckpointError(f"{path}: sha256 differs from the expected {source.sha256}")
     return path

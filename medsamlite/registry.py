@@ -46,7 +46,9 @@ class ModelSpec:
     """Every fact of a registered model: its architecture (`config`) and what is known about it.
 
     `pretrained`: packaged trained weights; `golden`: the fixture folder in `shared/golden` that proves it
-    against its reference; `reference_params`: (total, image encoder) parameter counts of the reference.
+    against its reference; `reference_params`: (total, image encoder) parameter counts of the reference;
+    `distilled_from`: the teacher of a student medsamlite makes (it has no outside reference: its
+    architecture is proven against the teacher it starts from, its weights by agreement with it).
     """
 
     config: ModelConfig
@@ -54,6 +56,7 @@ class ModelSpec:
     golden: str | None = None
     reference_params: tuple[int, int] | None = None
     description: str = ""
+    distilled_from: str | None = None
 
     @property
     def name(self) -> str:

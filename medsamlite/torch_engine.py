@@ -67,17 +67,24 @@ class TorchEngine(Closable):
                                                     enabled=self.precision == "bf16"):
             return torch.cat([self.model.encode(c).float() for c in chunks]).cpu().numpy()
 
-    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One call per box, as on the compiled runtimes: 34 boxes took 2.1 s looped, 4.4-6.3 s batched (CPU)."""
+    def decode(self, embedding: np.ndarray, boxes: np.ndarray | None, points: np.ndarray | None = None,
+               labels: np.ndarray | None = None, masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One call per prompt, as on the compiled runtimes: 34 boxes took 2.1 s looped, 4.4-6.3 s batched (CPU).
+
+        Prompts as in `Engine`: boxes (N, 4), points (N, P, 2) with labels (N, P), masks (N, 1, L, L); a mask
+        prompt always runs the dense decoder.
+        """
         self._check_open()
         check_embedding(self.config, embedding)
-        if self.decoder == "factorised":
-            return self.decode_prepared(self.prepare(embedding), boxes)
-        emb, box = self._tensor(embedding), self._tensor(boxes).reshape(-1, 4)
-        if len(box) == 0:
+        if self.decoder == "factorised" and masks is None:
+            return self.decode_prepared(self.prepare(embedding), boxes, points, labels)
+        emb = self._tensor(embedding)
+        prompts = self._prompts(boxes, points, labels, masks)
+        if prompts is None:
             return no_boxes(self.config)
+        n = len(next(iter(prompts.values())))
         with torch.inference_mode():
-            outputs = [self.model.decode(emb, box[i:i + 1]) for i in range(len(box))]
+            outputs = [self.model.decode(emb, **self._rows(prompts, i, i + 1)) for i in range(n)]
         return self._numpy(outputs)
 
     def prepare(self, embedding: np.ndarray) -> dict[str, torch.Tensor]:
@@ -87,16 +94,46 @@ class TorchEngine(Closable):
         with torch.inference_mode():
             return self.model.prepare(self._tensor(embedding))
 
-    def decode_prepared(self, prepared: dict[str, torch.Tensor], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (N, 4) on `prepare`d tensors, `FACTORISED_BATCH` per call."""
+    def decode_prepared(self, prepared: dict[str, torch.Tensor], boxes: np.ndarray | None,
+                        points: np.ndarray | None = None, labels: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (N, 4) and/or points on `prepare`d tensors, `FACTORISED_BATCH` prompts per call."""
         self._check_open()
-        box = self._tensor(boxes).reshape(-1, 4)
-        if len(box) == 0:
+        prompts = self._prompts(boxes, points, labels, None)
+        if prompts is None:
             return no_boxes(self.config)
+        n = len(next(iter(prompts.values())))
         with torch.inference_mode():
-            outputs = [self.model.decode_prepared(prepared, box[i:i + FACTORISED_BATCH])
-                       for i in range(0, len(box), FACTORISED_BATCH)]
+            outputs = [self.model.decode_prepared(prepared, **self._rows(prompts, i, i + FACTORISED_BATCH))
+                       for i in range(0, n, FACTORISED_BATCH)]
         return self._numpy(outputs)
+
+    def _prompts(self, boxes, points, labels, masks) -> dict[str, torch.Tensor] | None:
+        """The given prompts as tensors on the device; None for zero prompts."""
+        prompts = {}
+        if boxes is not None:
+            prompts["boxes"] = self._tensor(boxes).reshape(-1, 4)
+        if points is not None:
+            if labels is None or np.shape(labels) != np.shape(points)[:-1]:
+                raise ValueError(f"points of shape {np.shape(points)} need labels of shape {np.shape(points)[:-1]}, "
+                                 f"got {None if labels is None else np.shape(labels)}")
+            prompts["points"] = self._tensor(points).reshape(len(points), -1, 2)
+            prompts["labels"] = torch.from_numpy(np.asarray(labels, np.int64)).to(self.device)
+        if masks is not None:
+            prompts["masks"] = self._tensor(masks)
+        if not prompts:
+            raise ValueError("no prompt: expected boxes, points or masks")
+        counts = {k: len(v) for k, v in prompts.items()}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"prompt counts differ: {counts}; expected one row per prompt in each")
+        return None if not next(iter(counts.values())) else prompts
+
+    @staticmethod
+    def _rows(prompts: dict[str, torch.Tensor], start: int, stop: int) -> dict:
+        """`SamLite.decode`'s prompt arguments for prompts start:stop."""
+        rows = {k: v[start:stop] for k, v in prompts.items()}
+        points = (rows.pop("points"), rows.pop("labels")) if "points" in rows else None
+        return {"boxes": rows.get("boxes"), "points": points, **({"masks": rows["masks"]} if "masks" in rows else {})}
 
     @staticmethod
     def _numpy(outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:

@@ -33,3 +33,9 @@ register_model(ModelSpec(
     ModelConfig(name="swin_t_medsam", encoder="swin_t_medsam", input_size=256),
     golden="swin_t_medsam", reference_params=(15_253_468, 11_188_908),
     description="Swin-T teacher, patch 1, absolute position embedding (MedSAM on Laptop, Yang et al.)"))
+register_model(ModelSpec(
+    ModelConfig(name="litemedsam_s8", encoder="tinyvit_s8_medsam", input_size=256),
+    # LiteMedSAM's counts less 4 of stage 2's 6 blocks (312,020 each), plus the 2x upsampler (256 x 1024 + 1024)
+    reference_params=(9_791_300 - 4 * 312_020 + 263_168, 5_726_740 - 4 * 312_020 + 263_168), distilled_from="litemedsam",
+    description="LiteMedSAM's TinyViT on the half-resolution image, 2 of stage 2's 6 blocks, learned 2x upsampling: "
+                "the student medsamlite distils (training recipe student-v1)"))

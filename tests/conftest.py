@@ -11,6 +11,16 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+try:  # property-based tests (test_fuzz_readers.py): short with a fixed seed by default, `--hypothesis-profile long`
+    from hypothesis import HealthCheck, settings
+except ImportError:
+    pass
+else:
+    _FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+    settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_FUZZ)
+    settings.register_profile("long", max_examples=2000, **_FUZZ)
+    settings.load_profile("ci")
 GOLDEN_DIR = Path(os.environ.get("MEDSAMLITE_GOLDEN", REPO.parent / "shared" / "golden"))
 
 

@@ -44,18 +44,37 @@ def adalora_config(names: list[str], settings: AdaLoraSettings, train_decoder: b
 
 
 class RankAllocation:
-    """`after_step(model, optimizer)` hook: peft's AdaLoRA budget schedule on the active adapter."""
+    """`after_step(model, optimizer)` hook: peft's AdaLoRA budget schedule on the active adapter.
+
+    Its step, importance averages and rank pattern go into training checkpoints (`state_dict`), so a
+    resumed run allocates as the uninterrupted one.
+    """
+
+    _AVERAGES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
     def __init__(self) -> None:
         self.step = 0
         self.allocator: RankAllocator | None = None
+        self.config: AdaLoraConfig | None = None
+        self.restored: dict | None = None
+
+    def state_dict(self) -> dict:
+        averages = {a: dict(getattr(self.allocator, a)) for a in self._AVERAGES} if self.allocator else {}
+        return {"step": self.step, "rank_pattern": self.config.rank_pattern if self.config else None, **averages}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.restored = state["step"], state  # applied when the allocator exists (first call)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         name = model.__dict__.get("active_adapter_name", "default")
-        config = model.peft_config[name]
+        config = self.config = model.peft_config[name]
         if self.allocator is None:
             self.allocator = RankAllocator(model, config, name)
+            if self.restored is not None:
+                for a in self._AVERAGES:
+                    getattr(self.allocator, a).update(self.restored.get(a, {}))
+                config.rank_pattern = self.restored["rank_pattern"]
         final = config.total_step - config.tfinal
         if self.step < final:
             _, pattern = self.allocator.update_and_allocate(model, self.step)

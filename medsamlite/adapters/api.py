@@ -19,6 +19,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
+from ..runtime.files import atomic_file
+
 # each module registers its method on import (the order is the order `list_methods` reports)
 from . import lora, arena, adalora, ia3, vera, bitfit, norm, presets, adaptformer, probe, spatial  # noqa: F401
 from . import tuners
@@ -219,17 +221,14 @@ def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dic
 
 def save_adapter(model: nn.Module, path: str | Path, adapter_name: str | None = None) -> Path:
     """Write one adapter alone to a safetensors file (its record in the metadata)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     name = adapter_name or active_adapter(model)
     rec = records(model)[name]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, name).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "record": json.dumps(asdict(rec))})
-    tmp.replace(path)
-    return path
+    with atomic_file(path) as f:
+        f.write(save(tensors, metadata={"format": FORMAT, "record": json.dumps(asdict(rec))}))
+    return Path(path)
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, adapter_name: str | None = None) -> Path:

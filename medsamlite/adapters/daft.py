@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..constants import DAFT_MANIFEST, FORMAT_DAFT
+from ..runtime.files import atomic_dir
 from ..runtime.routed import read_manifest
 from ..runtime.router import Router
 from . import api
@@ -97,19 +98,19 @@ class DataAwareModel(nn.Module):
         return api.unload(self.base)
 
     def save(self, directory: str | Path) -> Path:
-        """Base (safetensors + config), each group's adapter or model, and the router, in `directory`."""
+        """Base (safetensors + config), each group's adapter or model, and the router, in `directory` (atomically)."""
         from ..checkpoints import save_model
 
-        directory = Path(directory)
-        save_model(api.unload(self.base), directory / "base")
-        for group in api.records(self.base):
-            api.save_adapter(self.base, directory / "adapters" / f"{group}.safetensors", group)
-        for group, model in self.models.items():
-            save_model(api.unload(model), directory / "models" / group)
-        meta = {"format": FORMAT_DAFT, "router": self.router.to_dict(), "adapters": sorted(api.records(self.base)),
-                "models": sorted(self.models)}
-        (directory / DAFT_MANIFEST).write_text(json.dumps(meta, indent=2))
-        return directory
+        with atomic_dir(directory) as tmp:
+            save_model(api.unload(self.base), tmp / "base")
+            for group in api.records(self.base):
+                api.save_adapter(self.base, tmp / "adapters" / f"{group}.safetensors", group)
+            for group, model in self.models.items():
+                save_model(api.unload(model), tmp / "models" / group)
+            meta = {"format": FORMAT_DAFT, "router": self.router.to_dict(),
+                    "adapters": sorted(api.records(self.base)), "models": sorted(self.models)}
+            (tmp / DAFT_MANIFEST).write_text(json.dumps(meta, indent=2))
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> "DataAwareModel":
@@ -126,13 +127,13 @@ class DataAwareModel(nn.Module):
 
     def export(self, directory: str | Path, backend: str = "openvino", precision: str = "f32",
                cache_dir: str | Path | None = None) -> Path:
-        """One compiled folder per group (fallback included) and `daft.json`, for `RoutedPredictor.open`."""
+        """One compiled folder per group (fallback included) and `daft.json`, for `RoutedPredictor.open` (atomically)."""
         from ..export import export
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for group in self.router.names:
-            export(self.plain(group), directory / group, backend=backend, precision=precision, cache_dir=cache_dir)
-        meta = {"format": FORMAT_DAFT, "router": self.router.to_dict(), "compiled": {g: g for g in self.router.names}}
-        (directory / DAFT_MANIFEST).write_text(json.dumps(meta, indent=2))
-        return directory
+        with atomic_dir(directory) as tmp:
+            for group in self.router.names:
+                export(self.plain(group), tmp / group, backend=backend, precision=precision, cache_dir=cache_dir)
+            meta = {"format": FORMAT_DAFT, "router": self.router.to_dict(),
+                    "compiled": {g: g for g in self.router.names}}
+            (tmp / DAFT_MANIFEST).write_text(json.dumps(meta, indent=2))
+        return Path(directory)

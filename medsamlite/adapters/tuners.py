@@ -5,19 +5,21 @@ switched with `activate`, their tensors read and written with peft's functions.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
-import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
-from peft import PeftConfig, inject_adapter_in_model
+from peft import AdaLoraConfig, PeftConfig, inject_adapter_in_model
 from peft.functional import get_peft_model_state_dict, set_peft_model_state_dict
 from peft.functional import set_adapter as peft_set_adapter
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..runtime.files import atomic_dir
 from .registry import Applied, Request
 from .targets import DECODER, adaptable, resolve_targets
 
@@ -95,32 +97,47 @@ def merge_layer(module: BaseTunerLayer, adapter_name: str) -> None:
         module.merge(safe_merge=True, adapter_names=[adapter_name])
 
 
+@contextlib.contextmanager
+def full_rank(model: nn.Module, adapter_name: str) -> Iterator[None]:
+    """AdaLoRA's tensors read and written at full rank: its pruned components are zeros of E (the same update),
+    and peft would resize them through methods of its model wrapper, which a plain `SamLite` has not."""
+    config = model.peft_config[adapter_name]
+    pattern = config.rank_pattern if isinstance(config, AdaLoraConfig) else None
+    if pattern is not None:
+        config.rank_pattern = None
+    try:
+        yield
+    finally:
+        if pattern is not None:
+            config.rank_pattern = pattern
+
+
 def state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
     """peft's adapter state dict (the adapter name removed from the keys)."""
-    return dict(get_peft_model_state_dict(model, adapter_name=adapter_name))
+    with full_rank(model, adapter_name):
+        return dict(get_peft_model_state_dict(model, adapter_name=adapter_name))
 
 
 def load_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str) -> list[str]:
     """Load peft adapter tensors into `adapter_name`; returns the keys that fit no layer."""
-    return list(getattr(set_peft_model_state_dict(model, tensors, adapter_name=adapter_name), "unexpected_keys", []))
+    with full_rank(model, adapter_name):
+        loaded = set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
+    return list(getattr(loaded, "unexpected_keys", []))
 
 
 def save_pretrained(model: nn.Module, directory: Path, adapter_name: str, record: dict) -> Path:
     """peft's layout (`adapter_config.json`, `adapter_model.safetensors`) plus our record, written atomically."""
     from safetensors.torch import save_file
 
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = model.peft_config[adapter_name]
-    config.base_model_name_or_path = model.config.name
-    config.save_pretrained(str(tmp))
-    tensors = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state_dict(model, adapter_name).items()}
-    save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
-    (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.replace(directory)
+    with atomic_dir(directory) as tmp:
+        config = copy.copy(model.peft_config[adapter_name])
+        config.base_model_name_or_path = model.config.name
+        if isinstance(config, AdaLoraConfig):
+            config.rank_pattern = None  # the tensors are at full rank (`state_dict`)
+        config.save_pretrained(str(tmp))
+        tensors = {PEFT_PREFIX + k: v.detach().contiguous().cpu() for k, v in state_dict(model, adapter_name).items()}
+        save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2))
     return directory
 
 

@@ -15,7 +15,6 @@ shown as accuracy (the CSVs keep them with `weights=random`).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -34,6 +33,8 @@ from ..extras import missing
 from ..runtime.metrics import ZERO_NSD_BELOW_DSC
 from ..runtime.modality import parse_modality
 from ..runtime.scoring import score_file
+from .plots import plot_all
+from .report import write_csv
 from .worker import WorkerSpec, worker_env, write_spec
 
 
@@ -140,8 +141,8 @@ def run_model(config: BenchConfig, model: str, cases: list[Path], backend: str |
     and precision); returns its event records (an error record if it died)."""
     backend, precision = backend or config.backend, precision or config.precision
     # the folders hold the packaged weights: a run given --checkpoints builds its own model
-    own = compiled is not None and backend == SPEED_BACKEND and model not in config.checkpoints
-    folder = compiled.folders.get(precision) if own else None
+    opens_folder = compiled is not None and backend == SPEED_BACKEND and model not in config.checkpoints
+    folder = compiled.folders.get(precision) if opens_folder else None
     label = run_label(config, model, backend, precision)
     work = config.out / "runs" / label
     work.mkdir(parents=True, exist_ok=True)
@@ -353,14 +354,9 @@ def _fmt(value: Any) -> Any:
     return f"{value:.4f}" if isinstance(value, float) else value
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], fields: Sequence[str]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            phases = row.get("phases") or {}
-            writer.writerow({k: _fmt(v) for k, v in {**phases, **row}.items()})
-    return path
+def _csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their phase seconds as columns and floats to 4 decimals."""
+    return [{k: _fmt(v) for k, v in {**(row.get("phases") or {}), **row}.items()} for row in rows]
 
 
 def _accuracy(value: float, trained: bool) -> str:
@@ -447,15 +443,13 @@ def speed_table(result: BenchResult) -> list[str]:
 
 
 def write_reports(result: BenchResult, out: Path) -> None:
-    write_csv(out / "cases.csv", result.cases, CASE_FIELDS)
-    write_csv(out / "modalities.csv", by_modality(result), MODALITY_FIELDS)
-    write_csv(out / "models.csv", result.models, MODEL_FIELDS)
+    write_csv(_csv_rows(result.cases), out / "cases.csv", CASE_FIELDS)
+    write_csv(_csv_rows(by_modality(result)), out / "modalities.csv", MODALITY_FIELDS)
+    write_csv(_csv_rows(result.models), out / "models.csv", MODEL_FIELDS)
     if result.speed:
-        write_csv(out / "encoder_speed.csv", result.speed, SPEED_FIELDS)
+        write_csv(_csv_rows(result.speed), out / "encoder_speed.csv", SPEED_FIELDS)
     (out / "context.json").write_text(json.dumps(result.context, indent=2) + "\n")
     (out / "results.md").write_text("# medsamlite bench\n\n" + markdown(result))
-    from .plots import plot_all
-
     plot_all(result, by_modality(result), out)
 
 
@@ -470,7 +464,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", nargs="+", default=[], metavar="MODEL=PATH",
                         help="trained weights for a model (any supported layout); without them a model with no "
                              "packaged weights runs with random weights, for speed only")
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="the backend of a --models run")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="the backend of a --models run (default torch: name a compiled runtime to rank on it)")
     parser.add_argument("--data", type=Path, help="a folder with imgs/*.npz and gts/*.npz (default: generate a "
                                                   "synthetic set under OUT/data)")
     parser.add_argument("--small", action="store_true", default=os.environ.get("MEDSAMLITE_BENCH_SMALL") == "1",
@@ -479,9 +474,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the precision of a --models run")
     parser.add_argument("--threads", type=int, help="CPU threads of the runtime (default: its own choice)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data and random-weight initialisation")
-    parser.add_argument("--size", type=float, help="synthetic image scale (default 0.35, --small 0.15; 1.0 = realistic)")
-    parser.add_argument("--depth", type=float, help="synthetic 3D slice-count scale (default 0.17: 4 slices; 1.0 = "
-                                                    "16-24 slices)")
+    # the defaults are read from the settings, so the help cannot drift from them
+    parser.add_argument("--size", type=float, help=f"synthetic image scale (default {DEFAULT_DATA.size}, --small "
+                                                   f"{SMALL_DATA.size}; 1.0 = realistic)")
+    parser.add_argument("--depth", type=float, help=f"synthetic 3D slice-count scale (default {DEFAULT_DATA.depth}, "
+                                                    f"--small {SMALL_DATA.depth}; 1.0 = realistic, at least 4 slices)")
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .compare import BenchResult
+
+class RunResult(Protocol):
+    """What the plots read of a run (`compare.BenchResult`; a protocol, so plots never import compare)."""
+
+    models: list[dict[str, Any]]
+    speed: list[dict[str, Any]]
+    context: dict[str, Any]
 
 
 def _pyplot() -> Any:
@@ -19,7 +24,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def runtime_vs_dsc(result: "BenchResult", path: Path) -> Path:
+def runtime_vs_dsc(result: RunResult, path: Path) -> Path:
     """Mean seconds per case against mean DSC, one point per trained run; random-weight runs are left out."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -78,7 +83,7 @@ def modality_bars(rows: list[dict[str, Any]], key: str, models: list[str], title
     return path
 
 
-def plot_all(result: "BenchResult", modality_rows: list[dict[str, Any]], out: Path) -> list[Path]:
+def plot_all(result: RunResult, modality_rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """runtime_vs_dsc.png, modality_dsc.png (trained runs), modality_seconds.png (every run) and, in the main
     job, encoder_speed.png."""
     trained = [m["run"] for m in result.models if m["weights"] == "trained"]

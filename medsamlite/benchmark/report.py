@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..runtime.files import atomic_file
 
 
 def machine_header() -> list[str]:
@@ -19,11 +22,11 @@ def machine_header() -> list[str]:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+def write_csv(rows: Sequence[dict[str, Any]], path: Path, fields: Sequence[str] | None = None) -> Path:
+    """`rows` as CSV at `path` (atomically): the columns `fields` (others ignored), by default every key in order."""
+    fields = list(fields or dict.fromkeys(k for row in rows for k in row))
+    with atomic_file(path) as binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path

@@ -2,14 +2,23 @@
 
 Only the chosen subcommand's module is imported, so `medsamlite predict` on an exported folder imports no torch.
 """
+# the module docstring is for developers; users read DESCRIPTION and EPILOG in `medsamlite --help`
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
+from ..constants import __version__
 from ..extras import MissingExtra
 from ..runtime.allocator import keep_freed_memory
+
+__all__ = ["main"]
+
+DESCRIPTION = ("Segment medical images with lightweight Segment-Anything models on a CPU: box-prompted 2D and 3D "
+               "task-format .npz cases, models to export, train and benchmark.")
+EPILOG = ("Start with `medsamlite models`, then `medsamlite predict -i imgs/ -o segs/ --pretrained`. "
+          "`medsamlite COMMAND --help` lists a command's options. Documentation: docs/ in the repository.")
 
 COMMANDS = {
     "models": "list the registered models with their sizes",
@@ -29,7 +38,8 @@ def _module(name: str) -> str:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `only`, just that subcommand's module is imported (keeps `predict` light)."""
-    parser = argparse.ArgumentParser(prog="medsamlite", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="medsamlite", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"medsamlite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

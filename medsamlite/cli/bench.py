@@ -4,7 +4,7 @@
 and times every encoder, or with `--models` ranks models on DSC, NSD, runtime and memory;
 `precision` measures every precision the CPU offers against f32; `latency` the encoders per backend; `shapes`
 whole `predict` processes on the task's case shapes; `train`
-and `data` the training paths; `fewshot` runs the k-shot adaptation protocol. Each suite writes CSV + markdown + PNG.
+and `data` the training paths; `fewshot` runs the k-shot adaptation protocol; `interactive` the click protocol. Each suite writes CSV + markdown + PNG.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ SUITES = {
     "train": ("medsamlite.benchmark.train", "training images/s and masks/s: processes, K targets, teacher cache, bf16"),
     "data": ("medsamlite.benchmark.data", "training data: items/s of the .npz and prepared paths, index open, prepare"),
     "fewshot": ("medsamlite.benchmark.fewshot", "k-shot adaptation per modality group: DSC/NSD against k per method"),
+    "interactive": ("medsamlite.benchmark.interactive", "the click protocol: DSC/NSD after the boxes and each of up "
+                    "to 5 simulated clicks, DSC_AUC, NSD_AUC, seconds per click"),
 }
 DEFAULT_SUITE = "compare"
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--segs", type=Path, required=True, help="folder of <case>.npz with key 'segs'")
-    parser.add_argument("--gts", type=Path, required=True, help="folder of <case>.npz with key 'gts' (3D: 'spacing')")
+    parser.add_argument("--segs", type=Path, required=True,
+                        help="folder of <case>.npz with key 'segs', or of NIfTI label maps <case>.nii[.gz]")
+    parser.add_argument("--gts", type=Path, required=True,
+                        help="folder of <case>.npz with key 'gts' (3D: 'spacing'), or of NIfTI label maps of the "
+                             "same names (spacing from the header)")
     parser.add_argument("--out", type=Path, help="folder for metrics.csv, labels.csv and summary.md (default: --segs)")
 
 
@@ -31,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
         write_csv(scores.cases, out / "metrics.csv")
         write_csv(scores.labels, out / "labels.csv")
         header = [f"segmentations {args.segs}; ground truth {args.gts}",
-                  "DSC and NSD (tolerance 2 mm, spacing as stored; NSD 0 where the case's mean DSC <= 0.2)",
+                  "DSC and NSD (tolerance 2 mm; NSD 0 where the case's mean DSC <= 0.2)",
+                  "NSD spacing: .npz, the task's convention ('spacing' as stored, applied unchanged to the (z, y, x) "
+                  "array); NIfTI, the ground truth header's pixdim along i, j, k of the array as stored",
                   f"{len(scores.cases)} scored, {len(scores.skipped)} skipped, {len(scores.failed)} failed"]
         table = markdown_table([{**r, "dsc": f"{r['dsc']:.4f}", "nsd": f"{r['nsd']:.4f}"} for r in summary],
                                ["modality", "cases", "dsc", "nsd"])

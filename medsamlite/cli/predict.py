@@ -1,4 +1,4 @@
-"""`medsamlite predict`: segment task `.npz` cases (a file or a folder) with any model and backend.
+"""`medsamlite predict`: segment task `.npz` cases, NIfTI volumes and DICOM series (a file or a folder) with any model.
 
 Models open through `medsamlite.open`; an exported folder never imports torch.
 """
@@ -28,7 +28,18 @@ INTERRUPTED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-i", "--input", required=True, type=Path, help="a task .npz case or a folder of them")
+    parser.add_argument("-i", "--input", required=True, type=Path,
+                        help="a task .npz case, a .nii/.nii.gz volume, a DICOM series folder, or a folder of them")
+    parser.add_argument("--prompts", type=Path, default=None,
+                        help="NIfTI / DICOM inputs: a JSON file mapping each input's file (or series folder) name to "
+                             '{"boxes": [[x_min, y_min, z_min, x_max, y_max, z_max], ...]} (label n is box n)')
+    parser.add_argument("--prompt-space", choices=("voxel", "world"), default="voxel",
+                        help="voxel (default): x, y, z are the indices i, j, k of the array as stored; world: "
+                             "millimetres in RAS, as nibabel's affine gives them")
+    parser.add_argument("--window", default="auto",
+                        help="NIfTI / DICOM intensities: auto (default; CT: soft-tissue window, others: 0.5-99.5 "
+                             "percentiles), percentile, none (as stored), a CT preset (soft_tissue, lung, bone, brain, "
+                             "liver, mediastinum, abdomen) or LEVEL,WIDTH in HU")
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="output folder (created; must not be the input folder)")
     parser.add_argument("--model", default="litemedsam",
@@ -51,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay", type=Path, default=None, metavar="DIR",
                         help="also write a PNG per case to DIR: the image, the boxes, each label's contour "
                              "(3D: a montage of each box's middle slice)")
+    parser.add_argument("--clicks", type=Path, default=None, metavar="JSON",
+                        help='scripted corrections of .npz cases: {"<case>.npz": [round, ...]}, a round a list of '
+                             '{"label": n, "point": [x, y] or [x, y, z], "positive": true|false} in the case\'s '
+                             "pixels; each round refines the last (docs/inference.md); runs the torch model")
     parser.add_argument("--overlap", choices=("order", "argmax"), default="order",
                         help="order: later boxes win (the reference); argmax: highest logit wins")
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"), default=None,
@@ -85,7 +100,10 @@ def load_engine(args: argparse.Namespace) -> Any:
 
 
 def input_cases(path: Path, output: Path) -> list[Path]:
-    """The `.npz` cases named by INPUT (a file or a folder), refusing to write into the input folder."""
+    """The `.npz` cases, NIfTI files and DICOM series named by INPUT (a file or a folder), refusing to write into
+    the input folder."""
+    from ..runtime.volumes import find_volumes
+
     folder = path if path.is_dir() else path.parent
     if output.exists() and output.resolve() == folder.resolve():
         raise SetupError(f"{output}: the output folder is the input folder (outputs share the inputs' names); "
@@ -96,9 +114,65 @@ def input_cases(path: Path, output: Path) -> list[Path]:
         raise SetupError(str(error)) from None
     for entry in cases.skipped:
         print(f"warning: skipped {entry}", file=sys.stderr)
-    if not cases.files:
-        raise SetupError(f"{path}: no .npz cases in this folder")
-    return cases.files
+    volumes = find_volumes(path)
+    files = volumes if path in volumes else cases.files + volumes
+    if not files:
+        raise SetupError(f"{path}: no .npz cases, NIfTI files or DICOM series in this folder")
+    return files
+
+
+def is_volume(path: Path) -> bool:
+    """A NIfTI file or a DICOM series folder (its output is NIfTI); else a task `.npz` case."""
+    from ..runtime.volumes import is_nifti
+
+    return path.is_dir() or is_nifti(path)
+
+
+def output_path(path: Path, output: Path) -> Path:
+    """Where the case's label map goes: the input's name (a volume's as `.nii.gz`) in the output folder."""
+    from ..runtime.volumes import output_name
+
+    return output / (output_name(path) if is_volume(path) else path.name)
+
+
+def volume_options(args: argparse.Namespace, cases: list[Path]) -> dict[str, Any] | None:
+    """The prompts, their space and the window for the NIfTI / DICOM inputs; None when there are none."""
+    from ..runtime.npz import CaseError
+    from ..runtime.volumes import read_prompts, unused_prompts
+    from ..runtime.windowing import check_window
+
+    volumes = [p for p in cases if is_volume(p)]
+    if not volumes:
+        return None
+    if args.prompts is None:
+        raise SetupError(f"{volumes[0]}: a NIfTI volume or DICOM series needs --prompts; expected a prompts.json")
+    try:
+        prompts = read_prompts(args.prompts)
+        window = check_window(args.window)
+    except (CaseError, ValueError) as error:
+        raise SetupError(str(error)) from None
+    for message in unused_prompts(prompts, volumes, args.prompts):
+        print(f"warning: {message}", file=sys.stderr)
+    return {"prompts": prompts, "prompts_source": args.prompts, "space": args.prompt_space, "window": window}
+
+
+def case_clicks(args: argparse.Namespace, cases: list[Path]) -> dict[str, list]:
+    """--clicks read and checked against the cases (a click file runs the torch model); {} without one."""
+    from ..runtime.npz import CaseError
+    from ..runtime.predictor import read_clicks
+
+    if args.clicks is None:
+        return {}
+    try:
+        clicks = read_clicks(args.clicks)
+    except CaseError as error:
+        raise SetupError(str(error)) from None
+    names = {p.name for p in cases if not is_volume(p)}
+    for name in sorted(set(clicks) - names):
+        print(f"warning: {args.clicks}: no .npz case named {name!r} in {args.input}", file=sys.stderr)
+    if args.backend == "auto":  # compiled graphs take boxes only
+        args.backend = "torch"
+    return clicks
 
 
 def _one_line(error: BaseException, path: Path) -> str:
@@ -131,12 +205,16 @@ def remove_created(folders: list[Path]) -> None:
 
 
 def open_timings(path: Path, append: bool) -> Any:
-    """timings.csv for writing: truncated, or appended to (rows of an older column set rewritten under ours)."""
+    """timings.csv for writing: truncated, or appended to (rows of an older column set rewritten under ours).
+
+    UTF-8, with a case name that is not (a file name's raw bytes) written back as those bytes.
+    """
+    text_options = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
     if not append or not path.exists() or path.stat().st_size == 0:
-        f = open(path, "w", newline="")
+        f = open(path, "w", **text_options)
         csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
         return f
-    with open(path, newline="") as f:
+    with open(path, **text_options) as f:
         reader = csv.DictReader(f)
         rows = list(reader)
         fields = tuple(reader.fieldnames or ())
@@ -146,8 +224,8 @@ def open_timings(path: Path, append: bool) -> Any:
             writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-            out.write(text.getvalue().encode())
-    return open(path, "a", newline="")
+            out.write(text.getvalue().encode("utf-8", "surrogateescape"))
+    return open(path, "a", **text_options)
 
 
 def engine_summary(predictor: Any, requested_precision: str | None) -> dict[str, Any]:
@@ -199,9 +277,13 @@ def run(args: argparse.Namespace) -> int:
     created: list[Path] = []
     try:
         cases = input_cases(args.input, args.output)
+        volumes = volume_options(args, cases)
+        clicks = case_clicks(args, cases)
         created = prepare_output(args.output)
         engine = load_engine(args)
         predictor = _predictor(engine, args)
+        if clicks and not hasattr(predictor, "refine"):
+            raise SetupError(f"{args.clicks}: clicks need one torch model; '{args.model}' opened as a router")
         if args.overlay is not None:
             writable_folder(args.overlay)
     except BaseException as error:  # a setup error, or Ctrl-C while compiling: nothing of this run stays behind
@@ -223,11 +305,11 @@ def run(args: argparse.Namespace) -> int:
                 if stop.requested:
                     break
                 where = f"[{index}/{len(cases)}] {path.name}"
-                if args.skip_existing and (args.output / path.name).exists():
+                if args.skip_existing and output_path(path, args.output).exists():
                     counts["skipped"] += 1
                     tqdm.write(f"predict {where}: skipped (output exists)", file=sys.stderr)
                     continue
-                row = _predict_case(predictor, path, args.output, args.overlay)
+                row = _predict_case(predictor, path, args.output, args.overlay, volumes, clicks.get(path.name))
                 counts[row["status"]] += 1
                 writer.writerow(row)
                 f.flush()
@@ -270,14 +352,29 @@ def _predictor(engine: Any, args: argparse.Namespace) -> Any:
         raise SetupError(str(error)) from None
 
 
-def _predict_case(predictor: Any, path: Path, output: Path, overlay: Path | None) -> dict[str, Any]:
+def _predict_volume(predictor: Any, path: Path, out_path: Path, options: dict[str, Any]) -> Any:
+    """A NIfTI file or DICOM series through the predictor of its router group (a plain predictor: itself)."""
+    from ..runtime.volumes import predict_volume_file
+
+    group = predictor.route(path) if hasattr(predictor, "route") else ""
+    result = predict_volume_file(predictor.predictor(group) if group else predictor, path, out_path, **options)
+    result.group = group
+    return result
+
+
+def _predict_case(predictor: Any, path: Path, output: Path, overlay: Path | None,
+                  volumes: dict[str, Any] | None = None, clicks: list | None = None) -> dict[str, Any]:
     """Segment one case into `output`; its timings.csv row. One bad case never stops the others."""
     from tqdm import tqdm
 
     row: dict[str, Any] = {"case": path.name, "status": "ok"}
     try:
-        result = predictor.predict_file(path, output / path.name,
-                                        None if overlay is None else overlay / f"{path.stem}.png")
+        if volumes is not None and is_volume(path):
+            result = _predict_volume(predictor, path, output_path(path, output), volumes)
+        else:
+            result = predictor.predict_file(path, output / path.name,
+                                            None if overlay is None else overlay / f"{path.stem}.png",
+                                            **({"clicks": clicks} if clicks else {}))
     except Exception as error:
         tqdm.write(f"error: {_one_line(error, path)}", file=sys.stderr)
         row["status"] = "error"

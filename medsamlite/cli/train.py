@@ -47,14 +47,18 @@ def _loop_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="linear warmup, then cosine")
     p.add_argument("--grad-accum", type=int, default=defaults.grad_accum, help="micro-batches per optimiser step")
     p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this")
-    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=defaults.precision,
-                   help="bf16: autocast on CPU and CUDA; fp16: autocast + loss scaling, CUDA only (default: %(default)s)")
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS,
+                   help="bf16: autocast on CPU and CUDA; fp16: autocast + loss scaling, CUDA only (default: what "
+                        "`accelerate launch --mixed_precision` or the accelerate config set, else f32)")
     p.add_argument("--save-every", type=int, default=defaults.save_every, help="checkpoint every N steps")
     p.add_argument("--keep", type=int, default=defaults.keep, help="checkpoints kept (default: %(default)s)")
     p.add_argument("--resume", help="continue from OUTPUT (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--slices", choices=("random", "all"), default="random",
                    help="3D: one random slice per volume per epoch, or every slice (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="DataLoader workers")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=defaults.sync_bn,
+                   help="SyncBatchNorm across processes (CUDA; default: on where BatchNorm layers train under "
+                        "more than one process)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device,
                    help="auto: CUDA when available (the launcher gives each process its GPU)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seeds model init, data order and augmentation")
@@ -114,6 +118,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     daft = sub.add_parser("daft", help="fine-tune one adapter per modality group")
     _daft_arguments(daft)
 
+    student = sub.add_parser("student", help="distil a student by a reproducible recipe, in resumable pieces")
+    _student_arguments(student)
+
 
 def _load(name: str, checkpoint: str | None, pretrained: bool, input_size: int | None = None):
     from ..factory import create_model, load_model
@@ -132,7 +139,8 @@ def _loop_config(cls: type, args: argparse.Namespace, **extra):
                batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                warmup_steps=args.warmup_steps, grad_accum=args.grad_accum, grad_clip=args.grad_clip,
                precision=args.precision, device=args.device, seed=args.seed, save_every=args.save_every,
-               keep=args.keep, resume=args.resume, num_workers=args.num_workers, log_every=args.log_every,
+               keep=args.keep, resume=args.resume, num_workers=args.num_workers, sync_bn=args.sync_bn,
+               log_every=args.log_every,
                progress=not args.no_progress, **extra)
 
 
@@ -207,7 +215,7 @@ def _daft_arguments(parser: argparse.ArgumentParser) -> None:
     """`medsamlite train daft` options."""
     _loop_options(parser, dataclasses.replace(FinetuneConfig(), output_dir="runs/daft", lr=1e-4))
     _targets_option(parser, 0)  # DAFT's recipe: one target per item
-    parser.add_argument("--model", default="litemedsam", help="registered model name")
+    parser.add_argument("--model", default="litemedsam", help="registered model name or a folder saved by save_model")
     parser.add_argument("--input-size", type=int, help="encoder input side (default: the model's)")
     parser.add_argument("--checkpoint", help="weights to start from (any supported layout)")
     parser.add_argument("--pretrained", action="store_true", help="start from the packaged pretrained weights")
@@ -228,16 +236,16 @@ def _daft_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _daft(args: argparse.Namespace) -> int:
-    """Train per-group adapters, save the data-aware model to OUTPUT/model (and OUTPUT/compiled)."""
+    """Train per-group adapters, save the data-aware model to OUTPUT/model (and OUTPUT/compiled; rank 0)."""
+    from accelerate import PartialState
+
     from ..adapters import api
     from ..data.datasets import case_files
-    from ..factory import create_model
     from ..runtime.router import DEFAULT_GROUPS, Router, parse_groups
     from ..training.daft import DaftSettings, train_daft
 
     _start(args)
-    overrides = {"input_size": args.input_size} if args.input_size else {}
-    base = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, **overrides)
+    base = _load(args.model, args.checkpoint, args.pretrained, args.input_size)
     router = Router(parse_groups(args.groups) if args.groups else dict(DEFAULT_GROUPS), fallback=args.fallback)
     accepted = api.get_method(args.method).settings.__dataclass_fields__  # each method takes its own settings
     adapter = {k: v for k, v in {"r": args.rank, "alpha": args.alpha, "lam": args.lam}.items() if k in accepted}
@@ -245,20 +253,66 @@ def _daft(args: argparse.Namespace) -> int:
                             args.targets_per_image or None)
     config = _loop_config(FinetuneConfig, args, early_stopping_patience=args.patience)
     model, results = train_daft(base, case_files(args.data), router, settings, config)
-    model.save(Path(args.output) / "model")
-    for group, r in results.items():
-        print(f"{group}: " + ", ".join(f"{k}={v}" for k, v in r.items()))
-    if args.export:
-        model.export(Path(args.output) / "compiled", backend=args.export)
-    print(f"saved {Path(args.output) / 'model'}" + (f" and {Path(args.output) / 'compiled'}" if args.export else ""))
+    if PartialState().is_main_process:  # every rank holds the same weights (the loop checked their digests)
+        model.save(Path(args.output) / "model")
+        for group, r in results.items():
+            print(f"{group}: " + ", ".join(f"{k}={v}" for k, v in r.items()))
+        if args.export:
+            model.export(Path(args.output) / "compiled", backend=args.export)
+        print(f"saved {Path(args.output) / 'model'}" + (f" and {Path(args.output) / 'compiled'}" if args.export else ""))
     return 0
 
 
+def _student_arguments(parser: argparse.ArgumentParser) -> None:
+    """`medsamlite train student` options (the recipe fixes the rest)."""
+    from ..training.recipe_names import RECIPE_NAMES
+
+    parser.add_argument("--recipe", default=RECIPE_NAMES[0], choices=RECIPE_NAMES, help="default: %(default)s")
+    parser.add_argument("--output", required=True, help="the run's folder (plan, checkpoints, student, agreement)")
+    parser.add_argument("--budget-minutes", type=float, help="CPU minutes for the whole run, every piece counted "
+                        "(sets the number of steps once, in the first piece)")
+    parser.add_argument("--steps", type=int, help="plan this many optimiser steps instead of a budget")
+    parser.add_argument("--piece-minutes", type=float, help="stop this piece after this many minutes (resume later)")
+    parser.add_argument("--resume", action="store_true", help="continue the run planned in OUTPUT")
+    parser.add_argument("--data-dir", help="images, teacher cache and teacher masks (default: OUTPUT); runs of "
+                        "recipes with the same data settings may share one")
+    parser.add_argument("--curve", action="store_true", help="also measure every checkpoint's agreement "
+                        "(OUTPUT/curve.json)")
+    parser.add_argument("--threads", type=int, help="torch threads")
+
+
+def _student(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..training.recipe import PLAN_FILE, RECIPES, agreement_curve, run_recipe
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    planned = (Path(args.output).expanduser() / PLAN_FILE).exists()
+    if planned != args.resume:
+        raise SystemExit(f"medsamlite train student: {args.output} " + (
+            "holds a planned run; pass --resume to continue it" if planned else "has no planned run to --resume"))
+    if not planned and (args.budget_minutes is None) == (args.steps is None):
+        raise SystemExit("medsamlite train student: a new run needs --budget-minutes or --steps (one of them)")
+    recipe = RECIPES[args.recipe]
+    plan = run_recipe(recipe, args.output, args.budget_minutes, args.piece_minutes, args.steps, args.data_dir,
+                      progress=True)
+    print(f"{args.recipe}: {plan['steps_done']} of {plan['steps']} steps, {plan['cpu_minutes']} CPU minutes so far")
+    for part, result in plan.get("agreement", {}).items():
+        print(f"  agreement on {part}: mean {result['mean']:.4f}, worst {result['worst']:.4f}")
+    if args.curve:
+        agreement_curve(recipe, args.output, args.data_dir)
+    return 0 if plan["steps_done"] >= plan["steps"] else 3
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..training.loop import check_settings
+    from ..training.loop import check_settings, resolve_precision
+
+    if args.train_command == "student":
+        return _student(args)
 
     try:
-        check_settings(args.precision, args.device)
+        check_settings(resolve_precision(args.precision)[0], args.device)
     except ValueError as error:
         raise SystemExit(f"medsamlite train: {error}") from None
     return {"finetune": _finetune, "distill": _distill, "daft": _daft}[args.train_command](args)

@@ -12,6 +12,7 @@ _LAZY = {
     "NpzSliceDataset": "medsamlite.data.datasets",
     "NpzImageDataset": "medsamlite.data.datasets",
     "split_cases": "medsamlite.data.datasets",
+    "find_cases": "medsamlite.constants",
     "PreparedDataset": "medsamlite.data.prepared",
     "Augmentation": "medsamlite.data.augment",
     "ItemSpec": "medsamlite.data.items",

@@ -17,6 +17,8 @@ import numpy as np
 from ..constants import find_cases
 from ..runtime.modality import parse_modality
 from ..runtime.npz import CaseError
+# the windowing moved to the runtime (inference needs it too); `parse_window` stays importable from here
+from ..runtime.windowing import CT_WINDOWS, clip_percentiles, parse_window, to_uint8, window_image  # noqa: F401
 from .cases import gts_path, read_image, read_labels
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -24,11 +26,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGE_FOLDERS = ("imgs", "images", "imagesTr")
 LABEL_FOLDERS = ("gts", "labels", "labelsTr", "masks")
 NNUNET_CHANNEL = "_0000"  # nnU-Net names the first image channel case_0000.nii.gz
-
-# (level, width) in HU; soft tissue is MedSAM's CT default (pre_CT_MR.py), the others are the usual radiology windows
-CT_WINDOWS = {"soft_tissue": (40, 400), "abdomen": (40, 400), "lung": (-600, 1500), "brain": (40, 80),
-              "bone": (400, 1800), "liver": (60, 150), "mediastinum": (50, 350)}
-PERCENTILES = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
@@ -96,45 +93,6 @@ def discover(src: str | Path, modality: str | None = None) -> tuple[list[SourceC
     return cases, problems
 
 
-def window_image(volume: np.ndarray, level: float, width: float) -> np.ndarray:
-    """CT: clip to [level - width/2, level + width/2], min-max of the clipped volume to 0..255 uint8."""
-    clipped = np.clip(volume, level - width / 2, level + width / 2)
-    return _to_uint8(clipped)
-
-
-def clip_percentiles(volume: np.ndarray) -> np.ndarray:
-    """MR / PET: clip to the 0.5-99.5 percentiles of the non-zero voxels, min-max to 0..255, zeros stay 0."""
-    nonzero = volume[volume > 0]
-    if nonzero.size == 0:
-        return np.zeros(volume.shape, np.uint8)
-    lo, hi = np.percentile(nonzero, PERCENTILES)
-    out = _to_uint8(np.clip(volume, lo, hi))
-    out[volume == 0] = 0
-    return out
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Min-max to 0..255, truncated to uint8 (as MedSAM's `np.uint8(...)` does)."""
-    x = x.astype(np.float64)
-    lo, hi = x.min(), x.max()
-    return ((x - lo) / max(hi - lo, 1e-8) * 255.0).astype(np.uint8)
-
-
-def parse_window(text: str | None) -> tuple[float, float] | None:
-    """`--window`: a preset name (`CT_WINDOWS`) or 'LEVEL,WIDTH'; None keeps the soft-tissue default."""
-    if text is None:
-        return None
-    if text in CT_WINDOWS:
-        return CT_WINDOWS[text]
-    try:
-        level, width = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--window {text!r}: expected a preset ({', '.join(CT_WINDOWS)}) or LEVEL,WIDTH") from None
-    if width <= 0:
-        raise ValueError(f"--window {text!r}: expected a positive width")
-    return level, width
-
-
 def _integer_labels(data: np.ndarray, source: Path) -> np.ndarray:
     if np.issubdtype(data.dtype, np.floating):
         rounded = np.rint(data)
@@ -181,7 +139,7 @@ def _read_picture(case: SourceCase) -> tuple[np.ndarray, np.ndarray]:
     if image.ndim == 3:
         image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
     if image.dtype != np.uint8:
-        image = _to_uint8(image)
+        image = to_uint8(image)
     if mask.ndim == 3:
         if not (mask[..., :3] == mask[..., :1]).all():
             raise CaseError(f"{case.labels}: a colour mask; expected one channel of integer labels")

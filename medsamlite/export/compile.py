@@ -28,7 +28,7 @@ from ..runtime.precision import check_precision
 from . import convert
 from .cache import (building, default_cache_dir, digest, discard, entry_ready, source_digest, state_dict_digest,
                     write_meta)
-from .quantize import calibration_batches, calibration_digest
+from .quantize import Int8Refused, calibration_batches, calibration_digest, check_int8
 
 if TYPE_CHECKING:
     import torch
@@ -230,7 +230,21 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
     if on_compile is not None:
         on_compile(f"compiling {model.config.name} for {backend} at {precision} (once; cached in {cache_dir})")
     build_entry(model, entry, backend, precision, cache_dir, calibration, traced, decoders)
-    return load(entry, precision=precision, threads=threads, decoder=decoder)
+    compiled = load(entry, precision=precision, threads=threads, decoder=decoder)
+    if precision == "int8":
+        _checked_int8(model, compiled, calibration, backend)
+    return compiled
+
+
+def _checked_int8(model: "SamLite", compiled: CompiledSam, calibration: Sequence[np.ndarray], backend: str) -> None:
+    """Refuse (and remove from the cache) an int8 entry that is not its f32 network on this CPU."""
+    batches = calibration_batches(calibration, model.config.input_size)
+    try:
+        compiled.meta.update(check_int8(model, compiled.encode, batches, backend))
+    except Int8Refused:
+        compiled.close()
+        discard(compiled.path)
+        raise
 
 
 def check_export_directory(directory: Path) -> None:

@@ -123,16 +123,22 @@ class FactorisedMaskDecoder(nn.Module):
         layers, out, z = self.decoder.transformer.layers, {}, xc
         for j in range(i, -1, -1):
             attn = layers[j].cross_attn_image_to_token
-            const = attn.out_proj.bias + (layers[j - 1].norm4.bias if j > 0 else 0)
             # (z * const).sum, not z @ const: ONNX Runtime 1.32's transpose optimiser contracts the wrong axis of
             # a MatMul with a 1-D operand whose other input also feeds _by_head (kz off by 250% on the golden weights)
             out[f"p{i}_{j}"] = _by_head(z @ attn.out_proj.weight, attn.num_heads)
-            out[f"kz{i}_{j}"] = (z * const).sum(-1)
+            out[f"kz{i}_{j}"] = (z * self._row_constant(j)).sum(-1)
             if j < i:
                 out[f"gz{i}_{j}"] = z.sum(-1)
             if j > 0:
                 z = z * layers[j - 1].norm4.weight
         return out
+
+    def _row_constant(self, j: int) -> torch.Tensor:
+        """Layer j's constant row after its image-to-token attention: the tokens' shift e_j (the previous norm4's
+        bias; 0 in layer 1) plus out_proj's bias."""
+        layers = self.decoder.transformer.layers
+        bias = layers[j].cross_attn_image_to_token.out_proj.bias
+        return bias if j == 0 else layers[j - 1].norm4.bias + bias
 
     def _up_weight(self) -> torch.Tensor:
         """The first ConvTranspose (kernel 2, stride 2) as a per-token map C -> (2, 2, C/4)."""
@@ -223,9 +229,8 @@ class FactorisedMaskDecoder(nn.Module):
         # each head's token values through its slice of out_proj: H * T vectors of C per box
         wo = _heads(attn.out_proj.weight, heads)  # (C, H, d)
         values = torch.einsum("bthd,chd->bhtc", vt, wo).flatten(1, 2)  # (B, H*T, C)
-        const = attn.out_proj.bias if img.e is None else img.e + attn.out_proj.bias
         b, n = weights.shape[0], weights.shape[-1]
-        rows = [values, const.expand(b, 1, -1)]
+        rows = [values, self._row_constant(i).expand(b, 1, -1)]
         coeffs = [weights.flatten(1, 2), weights.new_ones(b, 1, n)]
         if img.c is not None:
             rows.insert(0, img.r)

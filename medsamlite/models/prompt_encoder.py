@@ -84,7 +84,8 @@ class PromptEncoder(nn.Module):
 
     def forward(self, points: tuple[torch.Tensor, torch.Tensor] | None, boxes: torch.Tensor | None,
                 masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse (B, n, C) and dense (B, C, h, w) embeddings; boxes are (B, 1, 4) or (B, 4)."""
+        """Sparse (B, n, C) and dense (B, C, h, w) embeddings; points (B, P, 2) + labels (B, P), boxes (B, 1, 4) or
+        (B, 4), masks (B, 1, 4h, 4w)."""
         bs = next(t for t in (points[0] if points else None, boxes, masks) if t is not None).shape[0]
         sparse = [torch.empty((bs, 0, self.embed_dim), device=self.no_mask_embed.weight.device)]
         if points is not None:
@@ -92,6 +93,9 @@ class PromptEncoder(nn.Module):
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))
         if masks is not None:
+            if tuple(masks.shape[1:]) != (1, *self.mask_input_size):
+                raise ValueError(f"mask prompt of shape {tuple(masks.shape)}; expected (B, 1, "
+                                 f"{self.mask_input_size[0]}, {self.mask_input_size[1]}): the previous low-res logits")
             dense = self.mask_downscaling(masks)
         else:
             h, w = self.image_embedding_size

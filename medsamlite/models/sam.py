@@ -50,31 +50,47 @@ class SamLite(nn.Module):
         """Preprocessed images (B, 3, S, S) to image embeddings (B, 256, 64, 64)."""
         return self.image_encoder(images)
 
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor, multimask_output: bool = False,
-               decoder: str = "dense") -> tuple[torch.Tensor, torch.Tensor]:
-        """Boxes (N, 4) in the S frame on one shared (1, ...) or N paired embeddings to low-res logits and IoU.
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor | None = None, multimask_output: bool = False,
+               decoder: str = "dense", *, points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               masks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """N prompts on one shared (1, ...) or N paired embeddings to low-res logits and IoU.
 
-        decoder="factorised" (one shared embedding only) gives the dense decoder's logits up to rounding
-        by `prepare` + `decode_prepared`.
+        A prompt is any mix of a box (N, 4), points ((N, P, 2) as x, y; labels (N, P): 1 positive, 0 negative,
+        -1 padding) and the previous low-res mask logits (N, 1, L, L), all in the S frame, as SAM's prompt
+        encoder takes them. decoder="factorised" (one shared embedding, no mask prompt) gives the dense
+        decoder's logits up to rounding by `prepare` + `decode_prepared`.
         """
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
         if decoder == "factorised":
             if embeddings.shape[0] != 1:
                 raise ValueError(f"decoder='factorised' takes one shared embedding, got {embeddings.shape[0]}")
-            return self.decode_prepared(self.prepare(embeddings), boxes, multimask_output)
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes.reshape(-1, 1, 4).float(), masks=None)
+            if masks is not None:  # a mask prompt changes the image tokens per prompt: nothing is shared to prepare
+                raise ValueError("decoder='factorised' takes boxes and points, not a mask prompt; use decoder='dense'")
+            return self.decode_prepared(self.prepare(embeddings), boxes, multimask_output, points=points)
+        sparse, dense = self.embed_prompts(boxes, points, masks)
         return self.mask_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+
+    def embed_prompts(self, boxes: torch.Tensor | None, points: tuple[torch.Tensor, torch.Tensor] | None,
+                      masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse and dense prompt embeddings of boxes, points and masks (see `decode`); at least one is given."""
+        if boxes is None and points is None and masks is None:
+            raise ValueError("no prompt: expected boxes, points or masks")
+        if points is not None:
+            points = (points[0].float(), points[1])
+        return self.prompt_encoder(points=points, boxes=None if boxes is None else boxes.reshape(-1, 1, 4).float(),
+                                   masks=masks)
 
     def prepare(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """The factorised decoder's box-independent tensors of image embeddings (I, C, h, w)."""
         pe = self.prompt_encoder
         return FactorisedMaskDecoder(self.mask_decoder).prepare(embeddings, pe.get_dense_pe(), pe.no_mask_embed.weight)
 
-    def decode_prepared(self, prepared: dict[str, torch.Tensor], boxes: torch.Tensor, multimask_output: bool = False
+    def decode_prepared(self, prepared: dict[str, torch.Tensor], boxes: torch.Tensor | None,
+                        multimask_output: bool = False, *, points: tuple[torch.Tensor, torch.Tensor] | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boxes (N, 4) on one image's `prepare`d tensors to low-res logits and IoU (the factorised decoder)."""
-        sparse, _ = self.prompt_encoder(points=None, boxes=boxes.reshape(-1, 1, 4).float(), masks=None)
+        """Boxes and/or points (see `decode`) on one image's `prepare`d tensors to low-res logits and IoU."""
+        sparse, _ = self.embed_prompts(boxes, points, None)
         return FactorisedMaskDecoder(self.mask_decoder)(prepared, self.prompt_encoder.get_dense_pe(), sparse,
                                                         multimask_output)
 

@@ -1,6 +1,7 @@
 """The `Engine` protocol: what the predictor needs from a model, with numpy in and out (torch-free)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,6 +18,9 @@ class Engine(Protocol):
     (N, 1, 256, 256) and predicted IoU (N, 1). Outputs may be views of buffers the engine reuses: callers
     copy what they keep. An engine with `decoder == "factorised"` also has `prepare(embedding)` (the
     per-image tensors, a mapping of arrays) and `decode_prepared(prepared, boxes)`, which the `Predictor` uses.
+    An interactive engine's `decode` also takes `points` (N, P, 2) as x, y in the S frame with `labels` (N, P)
+    (1 positive, 0 negative, -1 padding) and `masks` (N, 1, L, L), the previous low-res logits, as keywords,
+    with `boxes` None or (N, 4): SAM's prompts (see `takes_clicks`).
     """
 
     config: ModelConfig
@@ -63,6 +67,14 @@ def check_embedding(config: ModelConfig, embedding: np.ndarray) -> None:
     if tuple(np.shape(embedding)) != (1, *config.embedding_shape):
         raise ValueError(f"{config.name}: embedding of shape {tuple(np.shape(embedding))}, expected "
                          f"(1, {', '.join(map(str, config.embedding_shape))}): decode takes one image's embedding")
+
+
+def takes_clicks(engine: Any) -> bool:
+    """Whether `engine.decode` takes points and mask prompts (a torch model's engine does; box-only graphs do not)."""
+    try:
+        return "points" in inspect.signature(engine.decode).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 def no_boxes(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -97,6 +98,29 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A folder to fill that becomes `path` (umask modes) when the block ends, replacing what was there; nothing
+    on error. A reader meets the old folder or the new one, never a half-written one.
+
+    Filled under `.NAME.XXXXXXXX.tmp` beside `path`; the old folder is renamed aside, then removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        chmod_per_umask(tmp)
+        aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        if path.exists():
+            os.replace(path, aside)  # onto an empty folder: one rename
+        os.replace(tmp, path)
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

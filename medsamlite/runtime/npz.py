@@ -154,12 +154,32 @@ def check_case(imgs: np.ndarray, boxes: np.ndarray, kind: str, source: str
     return imgs, boxes, warnings
 
 
+def _check_declared_size(archive: np.lib.npyio.NpzFile, key: str, source: str) -> None:
+    """numpy allocates what an array's header declares before reading it: a header declaring more than the
+    archive member holds (a corrupt or crafted file) is refused first."""
+    info = archive.zip.getinfo(f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key)
+    with archive.zip.open(info) as member:
+        if member.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            return  # not an array: numpy reads it as bytes, and validation says what was expected
+        member.seek(0)
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > info.file_size:
+        raise CaseError(f"{source}: key '{key}' declares shape {shape} of {dtype} ({declared} bytes) in "
+                        f"{info.file_size} bytes; expected a complete array (corrupt or truncated)")
+
+
 def _read_key(archive: np.lib.npyio.NpzFile, key: str, source: str) -> np.ndarray:
     try:
+        _check_declared_size(archive, key, source)
         return archive[key]
+    except CaseError:
+        raise
     except ValueError as error:  # object arrays need pickle, which a task case never uses
         raise CaseError(f"{source}: key '{key}' cannot be read without pickle ({error}); expected a numeric array") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:  # (zip features)
         raise CaseError(f"{source}: key '{key}' is truncated or corrupt ({type(error).__name__}: {error})") from None
 
 
@@ -179,7 +199,7 @@ def read_case(path: str | Path) -> Case:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise CaseError(f"{source}: no such file; expected a task .npz case") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as error:
         raise CaseError(f"{source}: cannot be read as .npz ({type(error).__name__}: {error}); "
                         "expected a zip archive with keys 'imgs' and 'boxes'") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):

@@ -17,7 +17,7 @@ import numpy as np
 
 from .preprocess import (box_from_mask, masks_from_logits, pad_bottom_right, postprocess_logits,
                           preprocess_image, resize_longest_side, resized_shape, scale_boxes)
-from .engine import as_engine
+from .engine import as_engine, takes_clicks
 from .npz import CaseError, check_case, label_dtype, read_case, write_segs
 from .overlay import write_overlay
 from .slice_cache import SliceCache
@@ -108,6 +108,35 @@ class _Track:
         return pairs
 
 
+@dataclass(frozen=True)
+class Click:
+    """A click in the original image's pixels on object `label` (1-based): positive adds, negative removes;
+    z: its slice (3D)."""
+
+    label: int
+    x: float
+    y: float
+    positive: bool = True
+    z: int = 0
+
+
+@dataclass
+class Interaction:
+    """A label map and what refining it needs without the encoder (see `Predictor.start`).
+
+    embeddings: slice (0 in 2D) -> its embedding (1, C, h, w), 4 MiB each; per (label, slice): `prompts` the
+    box (S frame) it was decoded with, `logits` its last low-res logits (1, L, L), `clicks` its clicks so far.
+    """
+
+    kind: str
+    segs: np.ndarray
+    boxes: np.ndarray
+    embeddings: dict[int, np.ndarray]
+    prompts: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    logits: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    clicks: dict[tuple[int, int], tuple[Click, ...]] = field(default_factory=dict)
+
+
 class Predictor:
     """Segment task cases with any model: a torch `SamLite` or a compiled engine (see `Engine`).
 
@@ -155,8 +184,10 @@ class Predictor:
         self.timer.reset()
         return self._predict_3d(*self._checked(volume, boxes, "3D"))
 
-    def predict_file(self, in_path: str | Path, out_path: str | Path, overlay: str | Path | None = None) -> CaseResult:
-        """Segment one task `.npz` case and write `segs` to `out_path` atomically (and an overlay PNG to `overlay`)."""
+    def predict_file(self, in_path: str | Path, out_path: str | Path, overlay: str | Path | None = None,
+                     clicks: list[list[Click]] | None = None) -> CaseResult:
+        """Segment one task `.npz` case and write `segs` to `out_path` atomically (and an overlay PNG to `overlay`);
+        `clicks`: rounds of clicks, each refining the result of the one before (see `refine`)."""
         start = time.perf_counter()
         self.timer.reset()
         in_path, out_path = Path(in_path), Path(out_path)
@@ -166,14 +197,84 @@ class Predictor:
             raise CaseError(f"{out_path}: output path is a folder; expected the path of the .npz file to write")
         with self.timer("read"):
             case = read_case(in_path)
-        predict = self._predict_2d if case.kind == "2D" else self._predict_3d
-        segs = predict(case.imgs, case.boxes)
+        if clicks:
+            state = self._start(case.imgs, case.boxes)
+            for round_ in clicks:
+                state = self._refine(state, round_)
+            segs = state.segs
+        else:
+            segs = (self._predict_2d if case.kind == "2D" else self._predict_3d)(case.imgs, case.boxes)
         with self.timer("write"):
             write_segs(out_path, segs)
             if overlay is not None:
                 write_overlay(overlay, case.kind, case.imgs, case.boxes, segs)
         return CaseResult(case.name, case.kind, tuple(case.imgs.shape), len(case.boxes),
                           time.perf_counter() - start, self.timings, out_path, case.warnings)
+
+    def start(self, image: np.ndarray, boxes: np.ndarray) -> Interaction:
+        """Segment an image (boxes (N, 4)) or a volume (boxes (N, 6)) as `predict_2d`/`predict_3d` do, keeping
+        what `refine` needs: every slice's embedding in the boxes' ranges, each object's prompts and logits."""
+        self.timer.reset()
+        return self._start(image, boxes)
+
+    def refine(self, previous: Interaction, clicks: list[Click]) -> Interaction:
+        """`previous` with `clicks` added: each clicked object re-decoded on its clicked slice from its box, all its
+        clicks there and its previous logits; in 3D propagated again from there away from the box's middle slice.
+        Reuses the cached embeddings: no encoder call. `previous` is left as it was."""
+        self.timer.reset()
+        return self._refine(previous, clicks)
+
+    def _start(self, image: np.ndarray, boxes: np.ndarray) -> Interaction:
+        self._check_clicks_engine()
+        kind = "3D" if np.ndim(boxes) == 2 and np.shape(boxes)[1] == 6 else "2D"
+        image, boxes = self._checked(image, boxes, kind)
+        state = Interaction(kind, np.zeros(image.shape[:3] if kind == "3D" else image.shape[:2],
+                                           label_dtype(len(boxes))), boxes, {})
+        if kind == "2D":
+            state.embeddings[0] = self._encode(self._preprocess(image)[0])
+            frame = scale_boxes(boxes, tuple(image.shape[:2]), self.config.box_frame)
+            for label, box in enumerate(frame, start=1):
+                state.prompts[label, 0] = box
+            self._redecode(state, [(label, 0) for label in range(1, len(boxes) + 1)])
+            self._resegment(state, [0])
+            return state
+        tracks = self._tracks(boxes, tuple(image.shape[1:]))
+        needed = sorted({z for t in tracks for z in range(t.z_lo, t.z_hi + 1)})
+        for first in range(0, len(needed), self.encode_batch):
+            batch = needed[first:first + self.encode_batch]
+            with self.timer("preprocess"):
+                x = np.concatenate([self._preprocess(image[z])[0] for z in batch])
+            for z, embedding in zip(batch, self._encode(x)):
+                state.embeddings[z] = embedding[None]
+        touched = set()
+        for track in tracks:
+            touched |= self._walk(state, track, track.z_mid, 1) | self._walk(state, track, track.z_mid - 1, -1)
+        self._resegment(state, sorted(touched))
+        return state
+
+    def _refine(self, previous: Interaction, clicks: list[Click]) -> Interaction:
+        self._check_clicks_engine()
+        state = Interaction(previous.kind, previous.segs.copy(), previous.boxes, previous.embeddings,
+                            dict(previous.prompts), dict(previous.logits), dict(previous.clicks))
+        for click in clicks:
+            key = self._click_key(state, click)
+            state.clicks[key] = (*state.clicks.get(key, ()), click)
+        touched = {(c.label, c.z if state.kind == "3D" else 0) for c in clicks}
+        if state.kind == "2D":
+            self._redecode(state, sorted(touched))
+            self._resegment(state, [0])
+            return state
+        tracks = self._tracks(state.boxes, tuple(state.segs.shape[1:]))
+        slices = set()
+        for label in sorted({label for label, _ in touched}):
+            track, zs = tracks[label - 1], [z for lab, z in touched if lab == label]
+            up, down = [z for z in zs if z >= track.z_mid], [z for z in zs if z <= track.z_mid]
+            if up:
+                slices |= self._walk(state, track, min(up), 1)
+            if down:  # the middle slice, if clicked, was decoded by the walk up
+                slices |= self._walk(state, track, min(max(down), track.z_mid - 1), -1)
+        self._resegment(state, sorted(slices))
+        return state
 
     # shared steps --------------------------------------------------------------------------------
 
@@ -232,6 +333,87 @@ class Predictor:
 
     def _best(self, shape: tuple[int, ...]) -> np.ndarray | None:
         return np.full(shape, -np.inf, np.float32) if self.overlap == "argmax" else None
+
+    # interactive ---------------------------------------------------------------------------------
+
+    def _check_clicks_engine(self) -> None:
+        if not takes_clicks(self.engine):
+            raise TypeError(f"{self.engine!r} decodes boxes only; clicks need a torch model (its engine takes "
+                            "points and mask prompts)")
+
+    def _tracks(self, boxes: np.ndarray, original: tuple[int, int]) -> list[_Track]:
+        fallbacks = scale_boxes(boxes[:, [0, 1, 3, 4]], original, self.config.box_frame)
+        return [_Track.from_box(label, box, fallback)
+                for label, (box, fallback) in enumerate(zip(boxes, fallbacks), start=1)]
+
+    @staticmethod
+    def _click_key(state: Interaction, click: Click) -> tuple[int, int]:
+        """(label, slice) of a click, or a ValueError naming what is out of range."""
+        n, shape = len(state.boxes), state.segs.shape
+        if not 1 <= click.label <= n:
+            raise ValueError(f"{click}: label {click.label}; expected 1..{n} (one per box)")
+        if not (0 <= click.x < shape[-1] and 0 <= click.y < shape[-2]):
+            raise ValueError(f"{click}: x, y outside the image of {shape[-1]} x {shape[-2]} pixels")
+        if state.kind == "2D":
+            return click.label, 0
+        box = state.boxes[click.label - 1]
+        if not box[2] <= click.z <= box[5]:
+            raise ValueError(f"{click}: slice {click.z} outside label {click.label}'s box, slices "
+                             f"{int(box[2])}..{int(box[5])}")
+        return click.label, int(click.z)
+
+    def _walk(self, state: Interaction, track: _Track, start: int, step: int) -> set[int]:
+        """Decode `track` from slice `start` to its last slice in direction `step` (+1 up, -1 down): the middle
+        slice from the given box, every other one from the box of the mask before it, as `_predict_3d` does;
+        returns the slices decoded."""
+        zs = range(start, (track.z_hi if step > 0 else track.z_lo) + step, step)
+        for z in zs:
+            key, prev = (track.label, z), z - step
+            if z != track.z_mid and prev not in track.masks:
+                track.masks = {prev: self._mask(state, (track.label, prev))}
+            state.prompts[key] = track.fallback if z == track.z_mid else self._prompt(track, prev)
+            self._redecode(state, [key])
+            track.masks = {z: self._mask(state, key)}
+        return set(zs)
+
+    def _mask(self, state: Interaction, key: tuple[int, int]) -> np.ndarray:
+        """The full-resolution mask of one (label, slice)'s stored logits."""
+        original = tuple(state.segs.shape[-2:])
+        with self.timer("postprocess"):
+            logits = postprocess_logits(state.logits[key][None], resized_shape(original, self.config.input_size),
+                                        original, self.config.input_size)
+            return masks_from_logits(logits)[0]
+
+    def _redecode(self, state: Interaction, keys: list[tuple[int, int]]) -> None:
+        """Decode each (label, slice) from its box, its clicks and (when clicked) its previous logits; store them."""
+        original = state.segs.shape[-2:]
+        ratio = self.config.box_frame / max(original)  # points keep their fraction (SAM's apply_coords)
+        for key in keys:
+            clicks = state.clicks.get(key, ())
+            prompt = {"boxes": state.prompts[key][None]}
+            if clicks:
+                prompt["points"] = np.array([[[c.x * ratio, c.y * ratio] for c in clicks]], np.float32)
+                prompt["labels"] = np.array([[int(c.positive) for c in clicks]], np.int64)
+                if key in state.logits:
+                    prompt["masks"] = state.logits[key][None]
+            with self.timer("decode"):
+                low, _ = self.engine.decode(state.embeddings[key[1]], **prompt)
+            state.logits[key] = np.array(_finite(low, "mask logits")[0], np.float32)
+
+    def _resegment(self, state: Interaction, slices: list[int]) -> None:
+        """Rebuild the label map on `slices` from every object's stored logits there."""
+        original = state.segs.shape[-2:]
+        resized = resized_shape(original, self.config.input_size)
+        for z in slices:
+            keys = [key for key in state.logits if key[1] == z]
+            segs = state.segs[z] if state.kind == "3D" else state.segs
+            segs[...] = 0
+            if not keys:
+                continue
+            with self.timer("postprocess"):
+                logits = postprocess_logits(np.stack([state.logits[k] for k in keys]), resized, original,
+                                            self.config.input_size)
+            self._merge(segs, self._best(original), masks_from_logits(logits), logits, np.array([k[0] for k in keys]))
 
     # 2D ------------------------------------------------------------------------------------------
 
@@ -319,3 +501,41 @@ class Predictor:
         small = resize_longest_side(track.masks[prev].astype(np.uint8) * np.uint8(min(track.label, 255)), size)
         box = box_from_mask(pad_bottom_right(small, size))
         return track.fallback if box is None else box
+
+
+def read_clicks(path: str | Path) -> dict[str, list[list[Click]]]:
+    """A clicks JSON file: {case file name: [round, ...]}, a round a list of {"label": n, "point": [x, y] (2D) or
+    [x, y, z] (3D), "positive": true | false} in the case's pixels; one-line errors name the file and the key."""
+    from .folders import _read as read_json_object  # the one JSON-object reader, with its one-line errors
+
+    path = Path(path)
+    try:
+        data = read_json_object(path)
+    except ValueError as error:
+        raise CaseError(str(error)) from None
+    return {name: [[_click(path, f"{name}[{r}][{i}]", c) for i, c in enumerate(_list(path, f"{name}[{r}]", round_))]
+                   for r, round_ in enumerate(_list(path, name, rounds))] for name, rounds in data.items()}
+
+
+def _list(path: Path, key: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise CaseError(f"{path}: {key} is {type(value).__name__}; expected a list")
+    return value
+
+
+def _click(path: Path, key: str, value: Any) -> Click:
+    point = value.get("point") if isinstance(value, dict) else None
+    label, positive = (value.get("label"), value.get("positive", True)) if isinstance(value, dict) else (None, None)
+    if (not isinstance(label, int) or isinstance(label, bool) or not isinstance(positive, bool)
+            or not isinstance(point, list) or len(point) not in (2, 3)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)):
+        raise CaseError(f"{path}: {key} is {_json_text(value)}; expected {{\"label\": n, \"point\": [x, y] or "
+                        "[x, y, z], \"positive\": true | false}")
+    return Click(label, float(point[0]), float(point[1]), positive, int(point[2]) if len(point) == 3 else 0)
+
+
+def _json_text(value: Any, limit: int = 80) -> str:
+    import json
+
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -24,13 +24,14 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_accum: int = 1
     grad_clip: float | None = None
-    precision: str = "f32"  # TRAIN_PRECISIONS
+    precision: str | None = "f32"  # TRAIN_PRECISIONS; None: what `accelerate launch` (or its config) set, else f32
     device: str = "auto"  # "auto": CUDA when available, else CPU; "cpu"; "cuda"
     seed: int = 0
     save_every: int | None = 500  # optimiser steps between checkpoints (one is always written at the end)
     keep: int = 3  # checkpoints kept (the newest)
     resume: str | None = None  # a checkpoint folder, or an output folder holding checkpoints/
     num_workers: int = 0
+    sync_bn: bool | None = None  # SyncBatchNorm; None: on for training BatchNorm layers under >1 CUDA process
     log_every: int = 1  # optimiser steps between log rows
     progress: bool = True
 

@@ -70,14 +70,27 @@ def train_daft(base: nn.Module, cases: Sequence[str | Path], router: Router, set
     return model, results
 
 
-def _chain(hooks: list[Callable[[nn.Module, Any], None]]) -> Callable[[nn.Module, Any], None] | None:
-    if not hooks:
-        return None
+class _Chain:
+    """Hooks run in order; the state of those that have one (AdaLoRA's allocation) goes into checkpoints."""
 
-    def run(model: nn.Module, optimizer: Any) -> None:
-        for hook in hooks:
+    def __init__(self, hooks: list[Callable[[nn.Module, Any], None]]) -> None:
+        self.hooks = hooks
+
+    def __call__(self, model: nn.Module, optimizer: Any) -> None:
+        for hook in self.hooks:
             hook(model, optimizer)
-    return run
+
+    def state_dict(self) -> list:
+        return [hook.state_dict() if hasattr(hook, "state_dict") else None for hook in self.hooks]
+
+    def load_state_dict(self, states: list) -> None:
+        for hook, state in zip(self.hooks, states):
+            if state is not None:
+                hook.load_state_dict(state)
+
+
+def _chain(hooks: list[Callable[[nn.Module, Any], None]]) -> _Chain | None:
+    return _Chain(hooks) if hooks else None
 
 
 def _saver(group: str):
@@ -92,8 +105,8 @@ def _restore_best(net: nn.Module, group: str, directory: Path) -> None:
         return
     _, tensors = api.read_adapter(path)
     if group in api.records(net) and api.get_method(api.records(net)[group].method).kind == api.PEFT:
-        from peft.functional import set_peft_model_state_dict
+        from ..adapters import tuners
 
-        set_peft_model_state_dict(net, tensors, adapter_name=group)
+        tuners.load_state_dict(net, tensors, group)
     else:
         net.load_state_dict(tensors, strict=False)

@@ -10,8 +10,6 @@ through the decoder in one call; the loss is averaged over the valid masks.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -22,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import save_model
 from ..constants import DECODERS
 from ..data.samplers import StreamSampler
+from ..runtime.files import atomic_dir
 from .config import FinetuneConfig, TrainConfig
 from .frozen import train_mode
 from .loop import Task, TrainResult, to_device, train
@@ -45,12 +44,9 @@ def freeze(model: nn.Module, names: Iterable[str]) -> list[str]:
 
 
 def save_best(model: nn.Module, directory: Path) -> None:
-    """`save_model` into a temporary folder, then swap it in for `directory`."""
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    """`save_model` into a folder that replaces `directory` atomically."""
+    with atomic_dir(directory) as tmp:
+        save_model(model, tmp)
 
 
 def dice_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -102,9 +98,9 @@ def box_loss(forward: nn.Module, loss_fn: nn.Module, batch: dict) -> tuple[torch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, batch_size: int = 4,
-             num_workers: int = 0, device: torch.device | str | None = None) -> tuple[float, float]:
-    """Mean loss and DSC per mask over `data`, in order, in eval mode (the dataset's epoch is left as is)."""
+def evaluation_sums(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, batch_size: int = 4,
+                    num_workers: int = 0, device: torch.device | str | None = None) -> tuple[float, float, int]:
+    """(loss summed over masks, DSC summed over masks, masks) over `data` in eval mode; a shard's part of `evaluate`."""
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False,
                                                                   num_workers=num_workers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -119,6 +115,13 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, b
         n += len(logits)
     if was_training:
         train_mode(model)
+    return total_loss, dsc, n
+
+
+def evaluate(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, batch_size: int = 4,
+             num_workers: int = 0, device: torch.device | str | None = None) -> tuple[float, float]:
+    """Mean loss and DSC per mask over `data`, in order, in eval mode (the dataset's epoch is left as is)."""
+    total_loss, dsc, n = evaluation_sums(model, data, loss_fn, batch_size, num_workers, device)
     if n == 0:
         raise ValueError("validation data is empty")
     return total_loss / n, dsc / n
@@ -151,8 +154,8 @@ class FinetuneTask(Task):
         loss, logits, _ = box_loss(module, self.loss_fn, batch)
         return loss, len(batch["image"]), len(logits)
 
-    def evaluate(self, data: Dataset, config: TrainConfig, device: torch.device) -> tuple[float, float]:
-        return evaluate(self.model, data, self.loss_fn, config.batch_size, config.num_workers, device)
+    def evaluate(self, data: Dataset, config: TrainConfig, device: torch.device) -> tuple[float, float, int]:
+        return evaluation_sums(self.model, data, self.loss_fn, config.batch_size, config.num_workers, device)
 
     def save_best(self, output_dir: Path) -> None:
         self.save(self.model, output_dir / BEST_DIR)

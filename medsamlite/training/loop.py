@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -27,11 +28,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm.auto import tqdm
 
 from ..constants import TRAIN_PRECISIONS
 from ..data.samplers import ShuffleSampler, StreamSampler
+from ..runtime.files import atomic_file
 from . import state as ckpt
 from .config import TrainConfig
 from .frozen import train_mode
@@ -62,8 +64,8 @@ class Task:
         """(loss, images, masks) of one micro-batch, computed through `module`."""
         raise NotImplementedError
 
-    def evaluate(self, data: Dataset, config: TrainConfig, device: torch.device) -> tuple[float, float]:
-        """(validation loss, DSC); only tasks that validate implement it."""
+    def evaluate(self, data: Dataset, config: TrainConfig, device: torch.device) -> tuple[float, float, int]:
+        """(validation loss, DSC, both summed over `count` masks) of one rank's shard; tasks that validate."""
         raise NotImplementedError(f"{self.name} has no validation")
 
     def save_best(self, directory: Path) -> None:
@@ -155,8 +157,25 @@ def check_settings(precision: str, device: str) -> bool:
     return cpu
 
 
+# accelerate's names for the precisions of TRAIN_PRECISIONS
+_ACCELERATE_PRECISION = {"f32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_precision(requested: str | None) -> tuple[str, str]:
+    """(precision, why): `requested` (the CLI's --precision) wins; else what `accelerate launch --mixed_precision`
+    or the accelerate config set (the launcher passes it as ACCELERATE_MIXED_PRECISION); else f32."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    from_launcher = {v: k for k, v in _ACCELERATE_PRECISION.items()}.get(launcher, launcher)
+    if requested is not None:
+        overridden = f"; the launcher's {from_launcher} is overridden" if from_launcher not in (None, requested) else ""
+        return requested, f"precision {requested} (--precision{overridden})"
+    if from_launcher is not None:
+        return from_launcher, f"precision {from_launcher} (from accelerate launch or its config)"
+    return "f32", "precision f32 (the default)"
+
+
 def make_accelerator(config: TrainConfig, output_dir: Path):
-    """An `Accelerator` for `config` (precision, accumulation, device); TensorBoard when installed."""
+    """An `Accelerator` for `config` (a resolved precision, accumulation, device); TensorBoard when installed."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import is_tensorboard_available
@@ -167,16 +186,49 @@ def make_accelerator(config: TrainConfig, output_dir: Path):
     # one process may run several trainings (daft's groups, tests): the settings are per run
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(mixed_precision="no" if config.precision == "f32" else config.precision,
+    return Accelerator(mixed_precision=_ACCELERATE_PRECISION[config.precision],
                        gradient_accumulation_steps=config.grad_accum, cpu=cpu,
                        log_with="tensorboard" if is_tensorboard_available() else None, project_dir=str(output_dir))
 
 
+def freeze_unused(task: Task, data: Dataset) -> list[str]:
+    """Freeze the trainable parameters that a step leaves without a gradient; returns their names.
+
+    DDP fails on its second step when a trainable parameter took no part in the loss (a box-only prompt never
+    uses the point and mask embeddings, the factorised decoder skips the multimask heads). AdamW skips a
+    parameter without a gradient, so freezing it changes no result, where `find_unused_parameters` would walk
+    the graph at every step. The probe is the first item, in eval mode, the same on every rank.
+    """
+    module = task.module()
+    trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    module.eval()
+    with torch.random.fork_rng(devices=[]):
+        loss, _, _ = task.step(module, default_collate([data[0]]))
+        loss.backward()
+    unused = [n for n, p in trainable.items() if p.grad is None]
+    for name, p in trainable.items():
+        p.grad = None
+        p.requires_grad_(name not in unused)
+    return unused
+
+
+def use_sync_bn(requested: bool | None, module: nn.Module, world: int, device: torch.device) -> bool:
+    """Whether to convert BatchNorm to SyncBatchNorm: asked for, or (None) a training BatchNorm under > 1 CUDA process.
+
+    A few images per GPU give each rank noisy batch statistics, and the running statistics drift apart;
+    torch's SyncBatchNorm has no CPU kernel, so asking for it on CPU is an error.
+    """
+    trains = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in m.parameters())
+                 for m in module.modules())
+    if requested and device.type != "cuda" and world > 1:
+        raise ValueError("sync_bn needs CUDA processes (torch's SyncBatchNorm has no CPU kernel); use --no-sync-bn")
+    return bool(world > 1 and trains and (requested or (requested is None and device.type == "cuda")))
+
+
 def write_json(path: Path, obj: dict) -> None:
-    """JSON written to a temporary name, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """JSON written atomically."""
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, indent=2, default=str).encode())
 
 
 class CsvLog:
@@ -189,12 +241,10 @@ class CsvLog:
             with path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step
                         or (int(r["step"]) == resume_step and r["phase"] == "train")]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_COLUMNS)
+        with atomic_file(path) as f, io.TextIOWrapper(f, newline="") as text:
+            writer = csv.DictWriter(text, LOG_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
 
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
@@ -206,21 +256,34 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
           run_info: dict[str, Any] | None = None) -> TrainResult:
     """Train `task` on `data` (shuffled, or drawn by `sampler`); see the module docstring.
 
-    `val_data` is evaluated at each epoch's end (rank 0; the result is broadcast): the best model
+    `val_data` is evaluated at each epoch's end (sharded across ranks, the sums reduced): the best model
     is saved by the task and early stopping (`early_stopping_patience`) applies. `after_step(model,
-    optimizer)` runs after every optimiser step (ARENA's proximal step). `run_info` goes into run.json.
+    optimizer)` runs after every optimiser step, while the gradients are still there (ARENA's proximal
+    step, AdaLoRA's rank allocation); its `state_dict()`, where it has one, is checkpointed. `run_info`
+    goes into run.json.
     """
     from accelerate.utils import broadcast_object_list, gather_object
 
     out = Path(config.output_dir)
+    precision, why = resolve_precision(config.precision)
+    config = dataclasses.replace(config, precision=precision)
     accelerator = make_accelerator(config, out)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    accelerator.print(f"{task.name}: {why}")
     if main:
         out.mkdir(parents=True, exist_ok=True)
     sampler = (sampler or ShuffleSampler(len(data), config.seed)).shard(rank, world)
     micro_per_epoch = math.ceil(sampler.stream_length() // world / config.batch_size)
     total = config.max_steps or max(1, config.epochs * micro_per_epoch // config.grad_accum)
     module = task.module()
+    if world > 1:
+        unused = freeze_unused(task, data)
+        if unused:
+            accelerator.print(f"{task.name}: froze {len(unused)} trainable parameters no step uses (DDP needs "
+                              f"every trainable one in each step): {', '.join(unused)}")
+    if use_sync_bn(config.sync_bn, module, world, accelerator.device):
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place below the root: task.model follows
+        accelerator.print(f"{task.name}: SyncBatchNorm (batch statistics over {world} processes)")
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{task.name}: no trainable parameters (every parameter has requires_grad=False)")
@@ -232,7 +295,8 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
                                                   warmup_cosine(config.warmup_steps, total, config.min_lr_ratio))
     progress, rng = _Progress(), None
     if config.resume:
-        progress, rng = _restore(ckpt.find_checkpoint(config.resume), task, optimizer, scheduler, accelerator)
+        progress, rng = _restore(ckpt.find_checkpoint(config.resume), task, optimizer, scheduler, accelerator,
+                                 after_step)
     if main:
         info = {"mode": task.name, "world_size": world, "precision": config.precision, "seed": config.seed,
                 "device": str(accelerator.device), "distributed": str(accelerator.distributed_type),
@@ -268,13 +332,13 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
                 if accelerator.sync_gradients and config.grad_clip:
                     accelerator.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
+                if after_step is not None and accelerator.sync_gradients:
+                    after_step(task.model, optimizer)  # before zero_grad: AdaLoRA's allocator reads the gradients
                 optimizer.zero_grad(set_to_none=True)
             progress.position += 1
             meter.add(float(loss.detach()), images, masks)
             if not accelerator.sync_gradients:
                 continue
-            if after_step is not None:
-                after_step(task.model, optimizer)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step used
             scheduler.step()
             progress.step += 1
@@ -291,7 +355,7 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
                                      "masks_per_s": row["masks_per_s"]}, step=progress.step)
             if config.save_every and progress.step % config.save_every == 0:
                 progress.accel_step = accelerator.step
-                _save(out, progress, task, optimizer, scheduler, accelerator, config)
+                _save(out, progress, task, optimizer, scheduler, accelerator, config, after_step)
                 last_saved = progress.step
             done = progress.step >= total or (config.max_seconds is not None and bool(broadcast_object_list(
                 [time.perf_counter() - started >= config.max_seconds])[0]))  # rank 0's clock decides
@@ -308,7 +372,7 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
     bar.close()
     if last_saved != progress.step:
         progress.accel_step = accelerator.step
-        _save(out, progress, task, optimizer, scheduler, accelerator, config)
+        _save(out, progress, task, optimizer, scheduler, accelerator, config, after_step)
     accelerator.wait_for_everyone()
     # parameters only: BatchNorm running statistics are each rank's own until DDP's next forward
     # broadcasts rank 0's (rank 0's are the ones saved)
@@ -319,7 +383,8 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
         info.update(steps=progress.step, epochs=progress.epoch, seconds=round(seconds, 3), rank_digests=digests,
                     final_loss=progress.losses[-1] if progress.losses else None)
         write_json(out / RUN_FILE, info)
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training: it destroys the process group that the next run
+        tracker.finish()                  # of this process (daft's next group) still needs
     if len(set(digests)) > 1:
         raise RuntimeError(f"{out}: ranks ended with different weights (digests {digests})")
     return TrainResult(out, progress.step, len(progress.history), seconds, progress.losses, progress.history,
@@ -347,13 +412,16 @@ class _Meter:
 
 def _validate(task: Task, val_data: Dataset, config: TrainConfig, accelerator, progress: _Progress,
               log: CsvLog | None, started: float, patience: int | None) -> bool:
-    """Rank 0 validates and keeps the best model; every rank learns the result. True: stop early."""
-    from accelerate.utils import broadcast_object_list
-
-    result = [None, None]
-    if accelerator.is_main_process:
-        result = list(task.evaluate(val_data, config, accelerator.device))
-    val_loss, val_dsc = broadcast_object_list(result)
+    """Every rank validates its shard, the sums are reduced; rank 0 keeps the best model. True: stop early."""
+    if accelerator.num_processes > 1:  # rank 0's BatchNorm statistics (those saved) on every rank
+        for buffer in task.model.buffers():
+            torch.distributed.broadcast(buffer.data, 0)
+    shard = Subset(val_data, range(accelerator.process_index, len(val_data), accelerator.num_processes))
+    sums = accelerator.reduce(torch.tensor(task.evaluate(shard, config, accelerator.device), dtype=torch.float64,
+                                           device=accelerator.device), "sum").tolist()
+    if not sums[2]:
+        raise ValueError("validation data is empty")
+    val_loss, val_dsc = sums[0] / sums[2], sums[1] / sums[2]
     epoch_losses = progress.losses[-max(1, progress.position // config.grad_accum):]
     row = dict(epoch=progress.epoch, step=progress.step, train_loss=float(np.mean(epoch_losses)),
                val_loss=val_loss, val_dsc=val_dsc)
@@ -371,12 +439,14 @@ def _validate(task: Task, val_data: Dataset, config: TrainConfig, accelerator, p
     return patience is not None and progress.since_best >= patience
 
 
-def _save(out: Path, progress: _Progress, task: Task, optimizer, scheduler, accelerator, config: TrainConfig) -> None:
+def _save(out: Path, progress: _Progress, task: Task, optimizer, scheduler, accelerator, config: TrainConfig,
+          hook: Any = None) -> None:
     """A checkpoint: rank 0 stages the state, every rank adds its RNG, rank 0 renames it into place."""
     if accelerator.is_main_process:
         ckpt.begin(out, progress.step, {
             "model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "hook": hook.state_dict() if hasattr(hook, "state_dict") else None,
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
             "world_size": accelerator.num_processes, "config": dataclasses.asdict(config),
             **dataclasses.asdict(progress)})
@@ -388,8 +458,9 @@ def _save(out: Path, progress: _Progress, task: Task, optimizer, scheduler, acce
     accelerator.wait_for_everyone()
 
 
-def _restore(path: Path, task: Task, optimizer, scheduler, accelerator) -> tuple[_Progress, dict | None]:
-    """Load a checkpoint into the task's model and the optimiser, scheduler and scaler."""
+def _restore(path: Path, task: Task, optimizer, scheduler, accelerator, hook: Any = None
+             ) -> tuple[_Progress, dict | None]:
+    """Load a checkpoint into the task's model and the optimiser, scheduler, scaler and `after_step` hook."""
     state, rng = ckpt.load(path, accelerator.process_index)
     if int(state.get("world_size", 1)) != accelerator.num_processes:
         raise ValueError(f"{path}: written by {state['world_size']} processes; resume with the same number "
@@ -399,5 +470,7 @@ def _restore(path: Path, task: Task, optimizer, scheduler, accelerator) -> tuple
     scheduler.load_state_dict(state["scheduler"])
     if accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])
+    if hasattr(hook, "load_state_dict") and state.get("hook") is not None:
+        hook.load_state_dict(state["hook"])
     fields = {f.name for f in dataclasses.fields(_Progress)}
     return _Progress(**{k: v for k, v in state.items() if k in fields}), rng

@@ -157,17 +157,20 @@ def test_unmerged_methods_export_through_compile(method: str, tmp_path) -> None:
     np.testing.assert_allclose(engine.decode(compiled_embedding, box.numpy())[0], logits.numpy(), atol=1e-4, rtol=0)
 
 
-def test_adalora_hook_allocates_ranks_during_training() -> None:
+def test_adalora_hook_allocates_ranks_in_the_training_loop(tmp_path) -> None:
+    # the loop's own order (the hook after the optimiser step, before the gradients are cleared), not a copy of it
+    from medsamlite.training.config import FinetuneConfig
+    from medsamlite.training.finetune import finetune
+
     model = adapters.apply(small_model(), "adalora", init_r=4, target_r=1, total_step=4, include_decoder=True)
-    hook = adapters.after_step(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
-    for _ in range(6):
-        logits, iou = model(*inputs(model))
-        optimizer.zero_grad()
-        (logits.mean() + iou.mean()).backward()
-        optimizer.step()
-        hook(model, optimizer)
+    image, box = inputs(model)
+    m = model.config.low_res_size
+    mask = torch.zeros(1, m, m)
+    mask[:, m // 4:m // 2, m // 4:m // 2] = 1
+    data = [{"image": image[0], "box": box[0], "mask": mask}] * 4
+    config = FinetuneConfig(output_dir=str(tmp_path), max_steps=6, epochs=6, batch_size=2, lr=1e-2, freeze=(),
+                            save_every=None, progress=False)
+    finetune(model, data, None, config, after_step=adapters.after_step(model))
     pattern = model.peft_config["default"].rank_pattern
     kept = sum(int(np.sum(v)) for v in pattern.values())
     assert pattern and kept < 4 * len(pattern)  # the budget pruned components

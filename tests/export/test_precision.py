@@ -14,6 +14,7 @@ import torch
 
 from conftest import cache_dir, max_rel_error  # noqa: F401
 from medsamlite.export import cache_key, compile
+from medsamlite.export.quantize import INT8_MAX_ERROR, Int8Refused
 from medsamlite.runtime.compiled import load
 from medsamlite.runtime.precision import PrecisionWarning, cpu_summary, cpu_supports_bf16
 from medsamlite.runtime.precision import check_precision, cpu_name
@@ -130,7 +131,8 @@ def test_f32_is_exact_even_where_the_runtime_defaults_to_bf16(cache_dir: Path) -
         assert reloaded.precision == "bf16" and max_rel_error(reloaded.encode(images), expected) > 1e-4
 
 
-def test_int8_needs_calibration_and_reports_int8(cache_dir: Path) -> None:
+def test_int8_needs_calibration_and_is_right_on_this_cpu(cache_dir: Path) -> None:
+    """Holds on every CPU kind: the overflow fix is applied everywhere, so no branch on VNNI."""
     name = "repvit_m0_6_medsam" if "repvit_m0_6_medsam" in MODELS else MODELS[0]
     model = torch_model(name)
     size = model.config.input_size
@@ -141,8 +143,61 @@ def test_int8_needs_calibration_and_reports_int8(cache_dir: Path) -> None:
     calibration = list(random_images(size, n=3, seed=7))
     compiled = compile(model, "openvino", cache_dir=cache_dir, precision="int8", calibration=calibration)
     assert compiled.precision == "int8"
+    assert compiled.meta["int8_embedding_error"] <= INT8_MAX_ERROR
     images = random_images(size, seed=8)
     with torch.no_grad():
         expected = model.encode(torch.from_numpy(images)).numpy()
     error = max_rel_error(compiled.encode(images), expected)
-    assert 0 < error <= 0.5, f"{name}: int8 embedding rel. error {error:.3g}"
+    assert 0 < error <= INT8_MAX_ERROR, f"{name}: int8 embedding rel. error {error:.3g} on {cpu_summary()}"
+
+
+_NO_VNNI = """
+import sys, numpy as np, torch
+sys.path[:0] = ["tests", "tests/export"]
+from conftest import max_rel_error
+from test_export import random_images, torch_model
+from medsamlite.export import compile
+model = torch_model("repvit_m0_6_medsam")
+compiled = compile(model, "openvino", cache_dir=sys.argv[1], precision="int8",
+                   calibration=list(random_images(256, n=3, seed=7)))
+images = random_images(256, seed=8)
+with torch.no_grad():
+    print("ERROR", max_rel_error(compiled.encode(images), model.encode(torch.from_numpy(images)).numpy()))
+"""
+
+
+def test_int8_is_right_on_a_cpu_without_vnni(tmp_path: Path) -> None:
+    """The task's Xeon W-2133 has AVX-512 but no VNNI, where u8 x s8 sums saturate (1.12 error unfixed).
+
+    Needs: oneDNN ISA capping (ONEDNN_MAX_CPU_ISA, honoured by OpenVINO's CPU plugin) to emulate that CPU
+    where this one has VNNI; on a CPU without VNNI (or AVX-512) the cap changes nothing and the same must hold.
+    """
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX512_CORE")
+    run = subprocess.run([sys.executable, "-c", _NO_VNNI, str(tmp_path)], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    error = float(run.stdout.split("ERROR")[-1])
+    assert error <= INT8_MAX_ERROR, f"int8 embedding error {error:.3g} with AVX-512 but no VNNI"
+
+
+def test_an_int8_model_off_from_f32_is_refused_naming_the_cpu_and_not_cached(cache_dir: Path, tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    import importlib
+
+    compile_module = importlib.import_module("medsamlite.export.compile")
+    model = torch_model("litemedsam")
+    calibration = list(random_images(256, n=2, seed=11))
+    # an encoder whose output is noise stands for what unfixed int8 gave on AVX2 (error 1.12)
+    monkeypatch.setattr(compile_module, "check_int8", lambda m, encode, batches, backend: real_check(
+        m, lambda x: np.random.default_rng(0).standard_normal(encode(x).shape), batches, backend))
+    from medsamlite.export.quantize import check_int8 as real_check
+
+    with pytest.raises(Int8Refused, match=re.escape(cpu_name())) as refused:
+        compile(model, "openvino", cache_dir=tmp_path, precision="int8", calibration=calibration)
+    assert "\n" not in str(refused.value) and "refused" in str(refused.value)
+    assert not (tmp_path / cache_key(model, "openvino", "int8", calibration)).exists()

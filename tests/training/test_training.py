@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from conftest import REPO
 from medsamlite.data.datasets import NpzImageDataset, NpzSliceDataset, case_files, split_cases
@@ -302,7 +303,7 @@ def test_cli_parser_imports_no_torch():
             "p = argparse.ArgumentParser(); cli.add_arguments(p)\n"
             "a = p.parse_args(['finetune', 'DATA', '--modality-probabilities', 'CT=0.4', 'MR=0.1'])\n"
             "assert cli._probabilities(a.modality_probabilities) == {'CT': 0.4, 'MR': 0.1}\n"
-            "assert a.targets_per_image == 5 and a.precision == 'f32'\n"
+            "assert a.targets_per_image == 5 and a.precision is None  # the launcher's, else f32\n"
             "assert p.parse_args(['daft', 'DATA', '--method', 'arena', '--resume', 'x']).method == 'arena'\n"
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -331,3 +332,40 @@ def test_cli_finetune_resume_and_distill(tmp_path, case_dir, capsys):
     assert load_model(tmp_path / "st").config.input_size == 64 and list((tmp_path / "cache").rglob("*.npy"))
     with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU") if not torch.cuda.is_available() else nullcontext():
         main(["train", "finetune", str(case_dir), *common, "--precision", "fp16", "--max-steps", "1"])
+
+
+def test_sync_bn_where_batchnorm_trains_under_several_cuda_processes():
+    from medsamlite.training.loop import use_sync_bn
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_sync_bn(None, net, 2, cuda) and use_sync_bn(True, net, 2, cuda)
+    assert not use_sync_bn(None, net, 1, cuda) and not use_sync_bn(False, net, 2, cuda)
+    assert not use_sync_bn(None, net, 2, cpu)  # the default stays off where torch has no kernel
+    with pytest.raises(ValueError, match="SyncBatchNorm has no CPU kernel"):
+        use_sync_bn(True, net, 2, cpu)
+    net[1].requires_grad_(False)  # frozen BatchNorm runs in eval mode: nothing to synchronise
+    assert not use_sync_bn(None, net, 2, cuda)
+
+
+def test_a_model_folder_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from medsamlite.training import finetune as ft
+
+    ft.save_best(model(seed=0), tmp_path / "best")
+    before = (tmp_path / "best" / "model.safetensors").read_bytes()
+
+    def fails_midway(net, directory):
+        (directory / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt  # a kill while writing
+
+    real = ft.save_model
+    monkeypatch.setattr(ft, "save_model", fails_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ft.save_best(model(seed=1), tmp_path / "best")
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temporary folder left
+    monkeypatch.setattr(ft, "save_model", real)
+    ft.save_best(model(seed=1), tmp_path / "best")
+    saved = load_model(tmp_path / "best").mask_decoder.iou_token.weight
+    assert torch.equal(saved, model(seed=1).mask_decoder.iou_token.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

@@ -26,9 +26,27 @@ def tiny_encoder(input_size: int = 64, width: int = 8) -> nn.Module:
 SPEC = EncoderSpec(ENCODER, tiny_encoder, adapter_targets=r"[0-9]")  # the 1x1 and 3x3 convs
 
 
+class FeedForward(nn.Module):
+    """A residual 1x1-conv MLP: the feed-forward block AdaptFormer looks for (children conv1, conv2)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1, self.act, self.conv2 = nn.Conv2d(dim, 2 * dim, 1), nn.GELU(), nn.Conv2d(2 * dim, dim, 1)
+
+    def forward(self, x):
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+FFN_ENCODER = "tiny_ffn_test"
+FFN_CONFIG = CONFIG.replace(name="tiny_ffn_test", encoder=FFN_ENCODER)
+FFN_SPEC = EncoderSpec(FFN_ENCODER, lambda input_size=64: nn.Sequential(*tiny_encoder(input_size), FeedForward(DIM)),
+                       adapter_targets=r"[0-9]|7\.conv[12]")
+
+
 def register() -> None:
-    """Register the tiny encoder in this process (subprocesses do it through a sitecustomize)."""
+    """Register the tiny encoders in this process (subprocesses do it through a sitecustomize)."""
     registry._ENCODERS[ENCODER] = SPEC
+    registry._ENCODERS[FFN_ENCODER] = FFN_SPEC
 
 
 def decoder_only(model: nn.Module) -> tuple[str, ...]:

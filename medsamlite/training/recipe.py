@@ -1,0 +1,305 @@
+"""Reproducible student recipes: distil a small encoder from the packaged LiteMedSAM, in resumable pieces.
+
+A recipe fixes everything but the budget: the student and how it starts from the teacher, the data
+medsamlite makes itself (`data.unlabelled`: synthetic images and the real images installed packages
+ship, part of each source held out), the teacher cache, the optimiser and the learning-rate schedule.
+The budget (minutes of CPU, every piece counted) becomes a number of optimiser steps once, in the first
+piece, from the measured time per step and what setting up cost; `plan.json` keeps it, so the cosine
+follows the whole planned run, not the piece. Each piece stops at its own limit and `resume` continues
+the same schedule, data order and teacher cache: 3 x 40 minutes give the student 1 x 120 minutes give.
+
+    run_recipe(RECIPES["student-v1"], "~/student-run", budget_minutes=180, piece_minutes=40)  # then again
+
+Agreement is the per-case mean over boxes of the Dice between the student's and the teacher's masks for
+the same boxes, on held-out synthetic and real images and on the outside test set.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoints import save_model
+from ..data.datasets import NpzImageDataset
+from ..data.unlabelled import write_image_set
+from ..factory import create_model
+from ..runtime.files import atomic_file
+from . import state as ckpt
+from .config import DistillConfig
+from .distill import TeacherCache, copy_heads, distill
+
+PLAN_FILE, PIECES_FILE, AGREEMENT_FILE = "plan.json", "pieces.json", "agreement.json"
+PARTS = ("heldout/synthetic", "heldout/real", "outside")
+
+
+@dataclass(frozen=True)
+class StudentRecipe:
+    """How a student is made: its model, its start, its data and its optimiser; the budget is the run's."""
+
+    name: str
+    student: str  # registered model name, or "<model>:<encoder>" for a model with another encoder
+    init: str  # "teacher-trunk": the teacher's own trunk and neck; "teacher-neck": its neck only
+    teacher: str = "litemedsam"
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.02
+    weight_decay: float = 0.01
+    batch_size: int = 4
+    synthetic_images: int = 600
+    real_images: bool = True  # scikit-image's, pydicom's and nibabel's (tests leave them out)
+    held_out: float = 0.1
+    seed: int = 0
+    save_every: int = 50
+
+
+RECIPES = {
+    "student-v1": StudentRecipe("student-v1", "litemedsam_s8", "teacher-trunk", lr=5e-4),
+    "repvit-neck": StudentRecipe("repvit-neck", "repvit_m0_6_medsam", "teacher-neck", lr=1e-3),
+}
+
+
+
+def build_student(recipe: StudentRecipe, teacher: nn.Module) -> nn.Module:
+    """The recipe's student, started from what the teacher can give; the teacher's heads always."""
+    from ..encoders.tinyvit import init_from_teacher
+
+    name, _, encoder = recipe.student.partition(":")
+    torch.manual_seed(recipe.seed)
+    student = create_model(name, **({"encoder": encoder} if encoder else {}))
+    if recipe.init == "teacher-trunk":
+        init_from_teacher(student.image_encoder, teacher.image_encoder)
+    elif recipe.init == "teacher-neck":
+        student.image_encoder.neck.load_state_dict(teacher.image_encoder.neck.state_dict())
+    else:
+        raise ValueError(f"recipe {recipe.name}: init {recipe.init!r}; expected teacher-trunk or teacher-neck")
+    copy_heads(student, teacher)
+    return student
+
+
+def _json(path: Path, obj) -> None:
+    with atomic_file(path) as f:
+        f.write(json.dumps(obj, indent=2).encode())
+
+
+def _read(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def prepare_data(recipe: StudentRecipe, root: Path) -> dict[str, list[Path]]:
+    """The recipe's image set under `root/data` (written once; `parts.json` marks it complete)."""
+    marker = root / "data" / "parts.json"
+    if not marker.exists():
+        parts = write_image_set(root / "data", recipe.synthetic_images, recipe.held_out, recipe.seed,
+                                recipe.real_images)
+        _json(marker, {k: [p.name for p in v] for k, v in parts.items()})
+    return {k: [root / "data" / k / n for n in v] for k, v in _read(marker, {}).items()}
+
+
+@torch.no_grad()
+def fill_teacher_cache(cache: TeacherCache, teacher: nn.Module, data: NpzImageDataset, batch: int = 8) -> int:
+    """Compute the teacher's embedding of every item not cached yet; returns how many were computed."""
+    computed = 0
+    for start in range(0, len(data), batch):
+        items = [data[i] for i in range(start, min(start + batch, len(data)))]
+        items = [it for it in items if not cache.path(it["case"], int(it["slice"])).exists()]
+        if items:
+            embeddings = teacher.encode(torch.stack([it["teacher"] for it in items])).float().numpy()
+            for it, emb in zip(items, embeddings):
+                cache.put(it["case"], int(it["slice"]), emb)
+            computed += len(items)
+    return computed
+
+
+def _seconds_per_step(student: nn.Module, data: NpzImageDataset, cache: TeacherCache, recipe: StudentRecipe,
+                      steps: int = 4) -> float:
+    """Median wall time of a training step on a throwaway copy of the student (the plan's unit)."""
+    probe = copy.deepcopy(student.image_encoder).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=recipe.lr)
+    times = []
+    for s in range(steps + 1):
+        items = [data[(s * recipe.batch_size + i) % len(data)] for i in range(recipe.batch_size)]
+        target = torch.from_numpy(np.stack([cache.get(it["case"], int(it["slice"])) for it in items])).float()
+        began = time.perf_counter()
+        loss = nn.functional.mse_loss(probe(torch.stack([it["student"] for it in items])), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - began)
+    return float(np.median(times[1:]))
+
+
+def run_recipe(recipe: StudentRecipe, output: str | Path, budget_minutes: float | None = None,
+               piece_minutes: float | None = None, steps: int | None = None, data_dir: str | Path | None = None,
+               progress: bool = False) -> dict:
+    """Run (or continue) `recipe` in `output` for one piece; returns the plan with what is done so far.
+
+    The first call plans the run: `steps` optimiser steps, or as many as `budget_minutes` allow after
+    setting up. Later calls resume where the last piece stopped. A piece ends after `piece_minutes`
+    (wall time, its set-up included) or when the planned steps are done; then the student is saved
+    to `output/student` and its agreement measured. `data_dir` (default `output`) holds the images, the
+    teacher cache and the teacher's masks: runs of recipes with the same data settings may share it.
+    """
+    began, out = time.perf_counter(), Path(output).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = _read(out / PLAN_FILE, None)
+    if plan is not None and plan["recipe"] != dataclasses.asdict(recipe):
+        raise ValueError(f"{out / PLAN_FILE}: planned for recipe {plan['recipe']['name']} with other settings; "
+                         "use a new output folder")
+    teacher = create_model(recipe.teacher, pretrained=True)
+    student = build_student(recipe, teacher)
+    shared = Path(data_dir).expanduser() if data_dir else out
+    parts = prepare_data(recipe, shared)
+    data = NpzImageDataset(parts["train"], {"student": student.config, "teacher": teacher.config},
+                           augment=False, seed=recipe.seed)
+    cache = TeacherCache(shared / "teacher-cache", teacher)
+    computed = fill_teacher_cache(cache, teacher, data)
+    if plan is None:
+        plan = _plan(recipe, student, data, cache, budget_minutes, steps, time.perf_counter() - began)
+        _json(out / PLAN_FILE, plan)
+    pieces = _read(out / PIECES_FILE, [])
+    setup = time.perf_counter() - began
+    limit = None if piece_minutes is None else max(1.0, piece_minutes * 60 - setup)
+    result = distill(student, teacher, data, _config(recipe, plan, data, out, shared, limit, progress))
+    pieces.append({"setup_seconds": round(setup, 1), "teacher_images": computed,
+                   "train_seconds": round(result.seconds, 1), "steps_to": result.steps,
+                   "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+    _json(out / PIECES_FILE, pieces)
+    plan["steps_done"] = result.steps
+    if result.steps >= plan["steps"]:
+        save_model(student, out / "student")
+        plan["agreement"] = measure(student, teacher, parts, shared, out)
+    plan["cpu_minutes"] = round(sum(p["setup_seconds"] + p["train_seconds"] for p in pieces) / 60, 1)
+    return plan
+
+
+def _plan(recipe: StudentRecipe, student: nn.Module, data: NpzImageDataset, cache: TeacherCache,
+          budget_minutes: float | None, steps: int | None, setup_seconds: float) -> dict:
+    """The run's length in optimiser steps: given, or what the budget leaves after set-up at the measured pace."""
+    if steps is None:
+        if budget_minutes is None:
+            raise ValueError("a new recipe run needs budget_minutes (or steps)")
+        per_step = _seconds_per_step(student, data, cache, recipe)
+        steps = max(1, int((budget_minutes * 60 - setup_seconds) / per_step))
+    else:
+        per_step = None
+    return {"recipe": dataclasses.asdict(recipe), "steps": steps, "budget_minutes": budget_minutes,
+            "seconds_per_step": per_step, "setup_seconds": round(setup_seconds, 1), "train_images": len(data)}
+
+
+def _config(recipe: StudentRecipe, plan: dict, data: NpzImageDataset, out: Path, shared: Path,
+            limit: float | None, progress: bool) -> DistillConfig:
+    train_dir = out / "train"
+    resume = str(train_dir) if ckpt.list_checkpoints(train_dir) else None
+    return DistillConfig(output_dir=str(train_dir), epochs=math.ceil(plan["steps"] * recipe.batch_size / len(data)) + 1,
+                         max_steps=plan["steps"], max_seconds=limit, batch_size=recipe.batch_size, lr=recipe.lr,
+                         weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps,
+                         min_lr_ratio=recipe.min_lr_ratio, seed=recipe.seed, save_every=recipe.save_every,
+                         keep=1000, resume=resume, teacher_cache=str(shared / "teacher-cache"), progress=progress,
+                         device="cpu", log_every=5)
+
+
+# agreement ------------------------------------------------------------------------------------------------
+
+def case_agreement(student_segs: np.ndarray, teacher_segs: np.ndarray, labels: int) -> float:
+    """Mean over labels 1..`labels` of the Dice between two label maps (a label empty in both counts 1)."""
+    scores = []
+    for k in range(1, labels + 1):
+        a, b = student_segs == k, teacher_segs == k
+        total = a.sum() + b.sum()
+        scores.append(1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total)
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def _teacher_segs(teacher: nn.Module, files: list[Path], folder: Path) -> list[np.ndarray]:
+    """The teacher's label maps of `files`, computed once into `folder`."""
+    from ..runtime import Predictor
+
+    predictor, segs = Predictor(teacher), []
+    for path in files:
+        cached = folder / f"{path.stem}.npy"
+        if not cached.exists():
+            with np.load(path) as case:
+                with atomic_file(cached) as f:
+                    np.save(f, predictor.predict_2d(case["imgs"], case["boxes"]))
+        segs.append(np.load(cached))
+    return segs
+
+
+def measure(student: nn.Module, teacher: nn.Module, parts: dict[str, list[Path]], shared: Path,
+            out: Path | None = None) -> dict:
+    """Per part: mean, worst and per-modality agreement of `student` with `teacher`, plus per-case values
+    (written to `out/agreement.json` when `out` is given)."""
+    from ..runtime import Predictor
+
+    predictor, result = Predictor(student), {}
+    for part in PARTS:
+        files = parts.get(part, [])
+        teacher_segs = _teacher_segs(teacher, files, shared / "teacher-segs" / part.replace("/", "-"))
+        cases = {}
+        for path, reference in zip(files, teacher_segs):
+            with np.load(path) as case:
+                cases[path.stem] = case_agreement(predictor.predict_2d(case["imgs"], case["boxes"]), reference,
+                                                  len(case["boxes"]))
+        by_modality: dict[str, list[float]] = {}
+        for name, value in cases.items():
+            by_modality.setdefault(name.split("_")[1], []).append(value)
+        result[part] = {"mean": float(np.mean(list(cases.values()))) if cases else None,
+                        "worst": min(cases.values()) if cases else None, "cases": cases,
+                        "modalities": {m: float(np.mean(v)) for m, v in sorted(by_modality.items())}}
+    if out is not None:
+        _json(out / AGREEMENT_FILE, result)
+    return result
+
+
+def agreement_curve(recipe: StudentRecipe, output: str | Path, data_dir: str | Path | None = None,
+                    on_point: Callable[[dict], None] | None = None) -> list[dict]:
+    """Agreement of every checkpoint of a run (and the untrained start, step 0) against its training minutes."""
+    out = Path(output).expanduser()
+    shared = Path(data_dir).expanduser() if data_dir else out
+    teacher = create_model(recipe.teacher, pretrained=True)
+    student = build_student(recipe, teacher)
+    parts = prepare_data(recipe, shared)
+    log = _train_seconds(out / "train" / "log.csv")
+    points = []
+    for checkpoint in [None, *ckpt.list_checkpoints(out / "train")]:
+        step = 0
+        if checkpoint is not None:
+            state, _ = ckpt.load(checkpoint, 0)
+            student.load_state_dict(state["model"])
+            step = int(state["step"])
+        result = measure(student.eval(), teacher, parts, shared)
+        point = {"step": step, "train_minutes": round(log.get(step, 0.0) / 60, 2),
+                 **{part: {k: result[part][k] for k in ("mean", "worst", "modalities")} for part in PARTS}}
+        points.append(point)
+        if on_point is not None:
+            on_point(point)
+    _json(out / "curve.json", points)
+    return points
+
+
+def _train_seconds(log: Path) -> dict[int, float]:
+    """Training seconds at each logged step, summed over pieces (each piece's clock restarts at 0)."""
+    import csv
+
+    if not log.exists():
+        return {}
+    seconds, offset, last = {}, 0.0, 0.0
+    with log.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row["phase"] != "train":
+                continue
+            t = float(row["seconds"])
+            if t < last:  # a new piece
+                offset += last
+            last = t
+            seconds[int(row["step"])] = offset + t
+    return seconds

@@ -1,0 +1,53 @@
+"""The student recipe on tiny settings: it learns, and a run in pieces equals an uninterrupted one."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from medsamlite.training.loop import weights_digest
+from medsamlite.training.recipe import RECIPES, build_student, measure, prepare_data, run_recipe
+from medsamlite.training.recipe_names import RECIPE_NAMES
+
+TINY = dataclasses.replace(RECIPES["student-v1"], synthetic_images=8, real_images=False, held_out=0.34,
+                           batch_size=2, warmup_steps=2, save_every=3)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images and teacher cache shared by the runs below (as runs of one recipe may share them)."""
+    return tmp_path_factory.mktemp("recipe-data")
+
+
+def test_the_command_line_lists_every_recipe():
+    assert tuple(RECIPES) == RECIPE_NAMES
+
+
+def test_the_recipe_raises_agreement_above_the_untrained_students(tmp_path: Path, data_dir: Path):
+    from medsamlite.factory import create_model
+
+    plan = run_recipe(TINY, tmp_path / "run", steps=16, data_dir=data_dir)
+    teacher = create_model(TINY.teacher, pretrained=True)
+    untrained = measure(build_student(TINY, teacher), teacher, prepare_data(TINY, data_dir), data_dir)
+    before, after = untrained["heldout/synthetic"]["mean"], plan["agreement"]["heldout/synthetic"]["mean"]
+    assert plan["steps_done"] == 16 and (tmp_path / "run" / "student" / "model.safetensors").exists()
+    assert after > before, f"agreement {before:.3f} untrained, {after:.3f} after 16 steps"
+
+
+def test_a_run_in_pieces_equals_an_uninterrupted_run(tmp_path: Path, data_dir: Path):
+    from medsamlite.factory import load_model
+
+    whole = run_recipe(TINY, tmp_path / "whole", steps=6, data_dir=data_dir)
+    first = run_recipe(TINY, tmp_path / "pieces", steps=6, piece_minutes=0.001, data_dir=data_dir)
+    assert 0 < first["steps_done"] < 6, "the first piece should stop at its time limit"
+    second = run_recipe(TINY, tmp_path / "pieces", data_dir=data_dir)
+    assert whole["steps_done"] == second["steps_done"] == 6
+    digests = {weights_digest(load_model(tmp_path / run / "student")) for run in ("whole", "pieces")}
+    assert len(digests) == 1
+
+
+def test_a_planned_run_refuses_another_recipe(tmp_path: Path, data_dir: Path):
+    run_recipe(TINY, tmp_path / "run", steps=1, data_dir=data_dir)
+    with pytest.raises(ValueError, match="other settings"):
+        run_recipe(dataclasses.replace(TINY, lr=1.0), tmp_path / "run", data_dir=data_dir)
