@@ -94,12 +94,21 @@ class BenchConfig:
             return [(m, self.backend, self.precision) for m in self.model_names()], []
         runs, notes = [], []
         for backend, precision in MAIN_RUNS:
-            if backend == "torch" or not missing(backend):
+            if backend == "openvino" and precision == "auto" and not missing(backend) and _auto_is_f32():
+                notes.append("openvino auto: resolves to f32 on this CPU (no native bf16), so the openvino f32 "
+                             "run stands for it")
+            elif backend == "torch" or not missing(backend):
                 runs.append((MAIN_MODEL, backend, precision))
             else:
                 notes.append(f"{backend} {precision}: skipped, {backend} is not installed "
                              f"(pip install \"medsamlite[{backend}]\")")
         return runs, notes
+
+
+def _auto_is_f32() -> bool:
+    from ..runtime.openvino import default_precision
+
+    return default_precision() == "f32"
 
 
 class BenchError(RuntimeError):

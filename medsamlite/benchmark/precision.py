@@ -134,17 +134,24 @@ def run(args: argparse.Namespace) -> int:
     """The sweep of `args` (see `add_arguments`); writes the reports and prints the table."""
     from ..registry import list_models
     from ..export import compile, default_cache_dir
+    from ..export.quantize import Int8Refused
     from ..runtime.precision import cpu_summary, cpu_supports_bf16
     from ..torch_engine import TorchEngine
 
     cache_dir = args.cache_dir or default_cache_dir()
     cases = synthetic_cases(args.size, seed=0) + (user_cases(args.data) if args.data else [])
     precisions = ["f32"] + (["bf16"] if cpu_supports_bf16() else []) + (["int8"] if args.calibration else [])
-    rows = []
+    rows, refused = [], []
     for name in args.models or list_models():
         model, weights = bench_model(name)
-        engines = {p: compile(model, "openvino", cache_dir, p, calibration=calibration_set(
-            model.config, args.size, args.calibration) if p == "int8" else None) for p in precisions}
+        engines = {}
+        for p in precisions:
+            try:
+                engines[p] = compile(model, "openvino", cache_dir, p, calibration=calibration_set(
+                    model.config, args.size, args.calibration) if p == "int8" else None)
+            except Int8Refused as error:  # reported beside the others, not a crash
+                refused.append(f"{name}: {error}")
+                print(refused[-1], flush=True)
         if cpu_supports_bf16():
             engines["torch_bf16"] = TorchEngine(model, precision="bf16")
         reference, _ = run_cases(engines["f32"], cases)
@@ -152,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             segs, case_s = run_cases(engine, cases)
             row = {"model": name, "weights": weights, "precision": precision,
                    "runs_at": getattr(engine, "precision", precision),
+                   "int8_error": getattr(engine, "meta", {}).get("int8_embedding_error", ""),
                    "encode_ms": 1000 * encode_median(engine, model.config.input_size, args.repeats),
                    "case_s": case_s, **agreement(segs, reference, cases)}
             rows.append(row)
@@ -162,10 +170,10 @@ def run(args: argparse.Namespace) -> int:
     header = machine_header() + [f"{len(cases)} cases (synthetic at size {args.size}, then --data; {names}); "
                                  "agreement = DSC/NSD (tolerance 2) of the masks against OpenVINO f32 masks; "
                                  f"int8 calibrated on {args.calibration} other synthetic images; median of "
-                                 f"{args.repeats} encodes"]
-    columns = ["model", "weights", "precision", "runs_at", "encode_ms", "case_s",
+                                 f"{args.repeats} encodes", *(f"refused: {r}" for r in refused)]
+    columns = ["model", "weights", "precision", "runs_at", "int8_error", "encode_ms", "case_s",
                "dsc_mean", "dsc_worst", "nsd_mean", "nsd_worst"]
-    table = markdown_table([{**r, **{k: f"{r[k]:.4f}" for k in columns[6:]}} for r in rows], columns)
+    table = markdown_table([{**r, **{k: f"{r[k]:.4f}" for k in columns[7:]}} for r in rows], columns)
     write_markdown(args.out / "precision.md", "Precision: latency and mask agreement with f32", header, table)
     plot(rows, args.out / "precision.png", cpu_summary())
     print((args.out / "precision.md").read_text())

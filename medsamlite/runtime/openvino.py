@@ -35,6 +35,11 @@ def shared_core() -> ov.Core:
     return ov.Core()
 
 
+def default_precision() -> str:
+    """What the CPU plugin runs when no precision is set ("auto"): bf16 where the CPU has it natively, else f32."""
+    return shared_core().get_property(DEVICE, "INFERENCE_PRECISION_HINT").get_type_name()
+
+
 def _hint(core: ov.Core, precision: str) -> str | None:
     """The INFERENCE_PRECISION_HINT for a requested precision; None leaves the plugin's default."""
     if precision == "auto":
