@@ -13,6 +13,7 @@ RUNTIME_BACKENDS = ("openvino", "onnxruntime")
 PRECISIONS = ("f32", "bf16", "int8", "auto")
 # training: "bf16" autocast on CPU and CUDA; "fp16" autocast with loss scaling, CUDA only
 TRAIN_PRECISIONS = ("f32", "bf16", "fp16")
+TORCH_PRECISIONS = ("f32", "bf16")  # what a torch model runs inference at (`TorchEngine`)
 # mask decoders: "dense" (SAM's, every box from scratch); "factorised" (box-independent part once per image)
 DECODERS = ("dense", "factorised")
 # the phases a case's time is split into (timings.csv, benchmarks)

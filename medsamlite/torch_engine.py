@@ -5,14 +5,16 @@ from .extras import require
 
 require("torch", "a torch engine")
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch import nn
 
-from .constants import DECODERS
+from .constants import DECODERS, TORCH_PRECISIONS
 from .runtime.engine import Closable, check_embedding, no_boxes
 
-TORCH_PRECISIONS = ("f32", "bf16")
 # boxes per factorised decoder call: larger batches add little per box and hold ~12 MB of activations per box
 FACTORISED_BATCH = 16
 
@@ -36,7 +38,7 @@ class TorchEngine(Closable):
             raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
         if not callable(getattr(model, "encode", None)) or not callable(getattr(model, "decode", None)):
             raise TypeError(f"{type(model).__name__} has no encode/decode: expected a medsamlite SamLite")
-        self.model = model.eval()
+        self.model = model  # the caller's: each call runs it in eval mode and leaves its modes as they were
         self.config = model.config
         self.precision = precision
         self.decoder = decoder
@@ -63,7 +65,7 @@ class TorchEngine(Closable):
         device = self.device
         x = self._tensor(images)
         chunks = x.split(1) if device.type == "cpu" else [x]
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+        with self._inference(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=self.precision == "bf16"):
             return torch.cat([self.model.encode(c).float() for c in chunks]).cpu().numpy()
 
@@ -83,7 +85,7 @@ class TorchEngine(Closable):
         if prompts is None:
             return no_boxes(self.config)
         n = len(next(iter(prompts.values())))
-        with torch.inference_mode():
+        with self._inference():
             outputs = [self.model.decode(emb, **self._rows(prompts, i, i + 1)) for i in range(n)]
         return self._numpy(outputs)
 
@@ -91,7 +93,7 @@ class TorchEngine(Closable):
         """The factorised decoder's per-image tensors of one embedding (kept as torch tensors on the device)."""
         self._check_open()
         check_embedding(self.config, embedding)
-        with torch.inference_mode():
+        with self._inference():
             return self.model.prepare(self._tensor(embedding))
 
     def decode_prepared(self, prepared: dict[str, torch.Tensor], boxes: np.ndarray | None,
@@ -103,7 +105,7 @@ class TorchEngine(Closable):
         if prompts is None:
             return no_boxes(self.config)
         n = len(next(iter(prompts.values())))
-        with torch.inference_mode():
+        with self._inference():
             outputs = [self.model.decode_prepared(prepared, **self._rows(prompts, i, i + FACTORISED_BATCH))
                        for i in range(0, n, FACTORISED_BATCH)]
         return self._numpy(outputs)
@@ -127,6 +129,20 @@ class TorchEngine(Closable):
         if len(set(counts.values())) != 1:
             raise ValueError(f"prompt counts differ: {counts}; expected one row per prompt in each")
         return None if not next(iter(counts.values())) else prompts
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Inference mode with every module in eval mode, each module's own mode restored afterwards (a model
+        being trained keeps its frozen BatchNorm in eval and the rest in train)."""
+        modules = list(self.model.modules())
+        modes = [m.training for m in modules]
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            for module, mode in zip(modules, modes):
+                module.training = mode
 
     @staticmethod
     def _rows(prompts: dict[str, torch.Tensor], start: int, stop: int) -> dict:

@@ -96,3 +96,26 @@ def plot_all(result: RunResult, modality_rows: list[dict[str, Any]], out: Path) 
     if result.speed:
         paths.append(encoder_speed(result.speed, out / "encoder_speed.png", result.context["cpu"]))
     return paths
+
+
+def agreement_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> Path:
+    """Agreement with the teacher against training minutes, per student recipe and part (`recipe.agreement_curve`)."""
+    plt = _pyplot()
+    parts = [k for k in next(iter(curves.values()))[0] if isinstance(next(iter(curves.values()))[0][k], dict)]
+    fig, axes = plt.subplots(1, len(parts), figsize=(4.2 * len(parts), 3.8), sharey=True, squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        for name, points in curves.items():
+            ax.plot([p["train_minutes"] for p in points], [p[part]["mean"] for p in points], marker="o", label=name)
+            ax.plot([p["train_minutes"] for p in points], [p[part]["worst"] for p in points], linestyle=":",
+                    color=ax.lines[-1].get_color())
+        ax.set_title(part, fontsize=9)
+        ax.set_xlabel("training minutes")
+        ax.set_ylim(0, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("agreement (mean; dotted: worst case)")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,6 +1,7 @@
 """Points and mask prompts against Meta's `segment-anything` (the oracle), same weights, every registry model."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,19 @@ def test_torch_engine_takes_the_same_prompts_on_numpy_arrays():
         engine.decode(embedding.numpy(), None, points=coords.numpy())
     with pytest.raises(ValueError, match="prompt counts differ"):
         engine.decode(embedding.numpy(), boxes.numpy()[:1], points=coords.numpy(), labels=labels.numpy())
+
+
+def test_the_torch_engine_runs_in_eval_mode_and_leaves_each_module_s_mode_as_it_was():
+    """A model being trained (frozen BatchNorm in eval, the rest in train) is validated through the engine."""
+    from medsamlite.torch_engine import TorchEngine
+
+    model = medsamlite.create_model("repvit_m0_6_medsam").train()
+    model.image_encoder.stem.eval()  # a frozen part
+    modes = {name: m.training for name, m in model.named_modules()}
+    engine = TorchEngine(model)
+    image = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
+    first = engine.encode(image)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    np.testing.assert_array_equal(engine.encode(image), first)  # eval mode: BatchNorm statistics untouched
+    engine.decode(first, np.array([[10.0, 20.0, 120.0, 140.0]]))
+    assert {name: m.training for name, m in model.named_modules()} == modes
