@@ -95,13 +95,18 @@ def _read(path: Path, default):
 
 
 def prepare_data(recipe: StudentRecipe, root: Path) -> dict[str, list[Path]]:
-    """The recipe's image set under `root/data` (written once; `parts.json` marks it complete)."""
+    """The recipe's image set under `root/data`, written once (`parts.json` marks it complete with its settings)."""
     marker = root / "data" / "parts.json"
+    settings = {k: getattr(recipe, k) for k in ("synthetic_images", "real_images", "held_out", "seed")}
     if not marker.exists():
         parts = write_image_set(root / "data", recipe.synthetic_images, recipe.held_out, recipe.seed,
                                 recipe.real_images)
-        _json(marker, {k: [p.name for p in v] for k, v in parts.items()})
-    return {k: [root / "data" / k / n for n in v] for k, v in _read(marker, {}).items()}
+        _json(marker, {"settings": settings, "parts": {k: [p.name for p in v] for k, v in parts.items()}})
+    written = _read(marker, {})
+    if written.get("settings") != settings:
+        raise ValueError(f"{marker}: images made with {written.get('settings')}; recipe {recipe.name} needs "
+                         f"{settings}: use another data folder")
+    return {k: [root / "data" / k / n for n in v] for k, v in written["parts"].items()}
 
 
 @torch.no_grad()

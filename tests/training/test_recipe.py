@@ -55,3 +55,9 @@ def test_a_planned_run_refuses_another_recipe(tmp_path: Path, data_dir: Path):
     run_recipe(TINY, tmp_path / "run", steps=1, data_dir=data_dir)
     with pytest.raises(ValueError, match="other settings"):
         run_recipe(dataclasses.replace(TINY, lr=1.0), tmp_path / "run", data_dir=data_dir)
+
+
+def test_a_data_folder_made_with_other_settings_is_refused(data_dir: Path):
+    prepare_data(TINY, data_dir)
+    with pytest.raises(ValueError, match="use another data folder"):
+        prepare_data(dataclasses.replace(TINY, synthetic_images=9), data_dir)
