@@ -59,8 +59,10 @@ def golden_case_for(name: str) -> str | None:
     if spec.golden:
         return spec.golden
     encoder = spec.config.encoder
-    return next((s.golden for s in map(medsamlite.get_model_spec, medsamlite.list_models())
-                 if s.golden and s.config.encoder == encoder), None)
+    shared = next((s.golden for s in map(medsamlite.get_model_spec, medsamlite.list_models())
+                   if s.golden and s.config.encoder == encoder), None)
+    # a student medsamlite distils: its teacher's case (inputs and embeddings; the heads are the teacher's)
+    return shared or (golden_case_for(spec.distilled_from) if spec.distilled_from else None)
 
 
 _MODELS: dict = {}
@@ -75,8 +77,20 @@ def torch_model(name: str):
 
         case = golden_case_for(name)
         torch.manual_seed(0)
-        _MODELS[name] = medsamlite.create_model(name, checkpoint=golden_state_dict(case) if case else None)
+        spec = medsamlite.get_model_spec(name)
+        if spec.distilled_from and case == golden_case_for(spec.distilled_from):
+            _MODELS[name] = _student_of_golden_teacher(name, spec.distilled_from)
+        else:
+            _MODELS[name] = medsamlite.create_model(name, checkpoint=golden_state_dict(case) if case else None)
     return _MODELS[name]
+
+
+def _student_of_golden_teacher(name: str, teacher: str):
+    """A distilled student as its recipe starts it, from its teacher with golden weights."""
+    from medsamlite.training.recipe import RECIPES, build_student
+
+    recipe = next(r for r in RECIPES.values() if r.student == name)
+    return build_student(recipe, torch_model(teacher)).eval()
 
 
 @pytest.fixture(scope="session")
