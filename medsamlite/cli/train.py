@@ -277,7 +277,7 @@ def _student_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="images, teacher cache and teacher masks (default: OUTPUT); runs of "
                         "recipes with the same data settings may share one")
     parser.add_argument("--curve", action="store_true", help="also measure every checkpoint's agreement "
-                        "(OUTPUT/curve.json)")
+                        "(OUTPUT/curve.json, curve.png)")
     parser.add_argument("--threads", type=int, help="torch threads")
 
 
@@ -299,9 +299,13 @@ def _student(args: argparse.Namespace) -> int:
                       progress=True)
     print(f"{args.recipe}: {plan['steps_done']} of {plan['steps']} steps, {plan['cpu_minutes']} CPU minutes so far")
     for part, result in plan.get("agreement", {}).items():
-        print(f"  agreement on {part}: mean {result['mean']:.4f}, worst {result['worst']:.4f}")
+        if result["mean"] is not None:  # a part without images (a recipe without real ones) has no agreement
+            print(f"  agreement on {part}: mean {result['mean']:.4f}, worst {result['worst']:.4f}")
     if args.curve:
-        agreement_curve(recipe, args.output, args.data_dir)
+        from ..benchmark.plots import agreement_curves
+
+        points = agreement_curve(recipe, args.output, args.data_dir)
+        print(f"curve: {agreement_curves({args.recipe: points}, Path(args.output).expanduser() / 'curve.png')}")
     return 0 if plan["steps_done"] >= plan["steps"] else 3
 
 

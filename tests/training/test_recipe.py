@@ -61,3 +61,19 @@ def test_a_data_folder_made_with_other_settings_is_refused(data_dir: Path):
     prepare_data(TINY, data_dir)
     with pytest.raises(ValueError, match="use another data folder"):
         prepare_data(dataclasses.replace(TINY, synthetic_images=9), data_dir)
+
+
+def test_the_command_line_plans_resumes_and_draws_the_curve(tmp_path: Path, data_dir: Path, monkeypatch):
+    from medsamlite.cli import main
+    from medsamlite.training import recipe
+
+    monkeypatch.setitem(recipe.RECIPES, "student-v1", TINY)
+    out = str(tmp_path / "run")
+    base = ["train", "student", "--output", out, "--data-dir", str(data_dir)]
+    with pytest.raises(SystemExit, match="has no planned run"):
+        main(base + ["--resume"])
+    assert main(base + ["--steps", "2", "--curve"]) == 0
+    assert (tmp_path / "run" / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="pass --resume"):
+        main(base + ["--steps", "2"])
+    assert main(base + ["--resume"]) == 0  # already done: measures again, trains nothing
