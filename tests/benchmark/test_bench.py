@@ -241,3 +241,19 @@ def test_runs_open_the_compiled_folder_unless_given_their_own_weights(tmp_path, 
         spec = json.loads((config.out / "runs" / "litemedsam_openvino_f32" / "spec.json").read_text())
         assert spec["folder"] == expected and spec["trained"] == (True if expected else None)
         assert spec["checkpoint"] == checkpoints.get("litemedsam")
+
+
+@pytest.mark.parametrize("default", ["f32", "bf16"])
+def test_the_main_job_runs_openvino_auto_only_where_it_differs_from_f32(default, monkeypatch):
+    """Both CPU kinds, whichever this one is: OpenVINO's default is read, not this CPU's flags."""
+    import importlib.util
+
+    from medsamlite.runtime import openvino
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("the openvino extra is not installed")
+    monkeypatch.setattr(openvino, "default_precision", lambda: default)
+    runs, notes = BenchConfig(small=True).runs()
+    openvino_runs = [precision for _, backend, precision in runs if backend == "openvino"]
+    assert openvino_runs == (["f32"] if default == "f32" else ["f32", "auto"])
+    assert any("openvino auto: resolves to f32" in n for n in notes) == (default == "f32")
