@@ -93,6 +93,26 @@ def test_the_npz_reader_returns_a_case_or_one_line(tmp_path, data, name):
         assert case.kind in ("2D", "3D") and np.isfinite(case.boxes).all()
 
 
+# found by the soak profile (2026-12-07): a member flagged as encrypted made zipfile raise RuntimeError
+ENCRYPTED_MEMBER = b"PK\x03\x04-\x00\x00\x00\x00\x00\x00\x00!\x00\x8d\xcax\xdb\xff\xff\xff\xff\xff\xff\xff\xff\x08\x00\x14\x00imgs.npy\x01\x00\x10\x00\x86\x00\x00\x00\x00\x00\x00\x00\x86\x00\x00\x00\x00\x00\x00\x00\x93NUMPY\x01\x00v\x00{'descr': '<i2', 'fortran_order': False, 'shape': (3,), }                                                            \n\x00\x00\x00\x00\x00\x00PK\x03\x04-\x00\x00\x00\x00\x00\x00\x00!\x006H[s\xff\xff\xff\xff\xff\xff\xff\xff\t\x00\x14\x00boxes.npy\x01\x00\x10\x00\x80\x00\x00\x00\x00\x00\x00\x00\x80\x00\x00\x00\x00\x00\x00\x00\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (0,), }                                                            \nPK\x01\x02-\x03-\x00\x00\x00\x00\x00\x00\x00!\x00\x8d\xcax\xdb\x86\x00\x00\x00\x86\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80\x01\x00\x00\x00\x00imgs.npyPK\x01\x02-\x03-\x00\x01\x00\x00\x00\x00\x00!\x006H[s\x80\x00\x00\x00\x80\x00\x00\x00\t\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80\x01\xc0\x00\x00\x00boxes.npyPK\x05\x06\x00\x00\x00\x00\x02\x00\x02\x00m\x00\x00\x00{\x01\x00\x00\x00\x00"
+
+
+def test_an_npz_with_an_encrypted_member_is_one_line(tmp_path):
+    path = tmp_path / "3DBox_CT_0.npz"
+    path.write_bytes(ENCRYPTED_MEMBER)
+    assert check_outcome(read_case, path) is None
+
+
+def test_a_dicom_rescale_slope_that_is_not_a_number_is_one_line(tmp_path):
+    """Found by the soak profile (2026-12-07): a garbled RescaleSlope made float() raise outside the reader's checks."""
+    files = write_dicom_series(tmp_path / "series", np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5))
+    raw = files[1].read_bytes()
+    at = raw.index(b"DS", raw.index(b"\x28\x00\x53\x10"))  # (0028,1053) RescaleSlope, explicit VR "DS"
+    length = int.from_bytes(raw[at + 2:at + 4], "little")
+    files[1].write_bytes(raw[:at + 4] + b"\x00" + raw[at + 5:at + 4 + length] + raw[at + 4 + length:])
+    assert check_outcome(read_dicom_series, tmp_path / "series") is None
+
+
 def _npy_with_shape(shape: tuple[int, ...]) -> bytes:
     header = {"descr": "<f8", "fortran_order": False, "shape": shape}
     buffer = io.BytesIO()

@@ -179,7 +179,8 @@ def _read_key(archive: np.lib.npyio.NpzFile, key: str, source: str) -> np.ndarra
         raise
     except ValueError as error:  # object arrays need pickle, which a task case never uses
         raise CaseError(f"{source}: key '{key}' cannot be read without pickle ({error}); expected a numeric array") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as error:  # (zip features)
+    # zip features: NotImplementedError for unsupported compression, RuntimeError for an encrypted member
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
         raise CaseError(f"{source}: key '{key}' is truncated or corrupt ({type(error).__name__}: {error})") from None
 
 
@@ -230,7 +231,8 @@ def peek_kind(path: str | Path) -> str:
             header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape = header(member)[0]  # the header only, not the voxels
             return _infer_kind(tuple(shape), _read_key(archive, "boxes", str(path)), None, str(path))
-    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile) as error:
+    except (OSError, KeyError, ValueError, AttributeError, EOFError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError, RuntimeError) as error:
         raise CaseError(f"{path}: cannot tell 2D from 3D ({type(error).__name__}: {error}); expected a task .npz "
                         "case with keys 'imgs' and 'boxes'") from None
 

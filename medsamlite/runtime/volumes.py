@@ -323,7 +323,11 @@ def _dicom_pixels(fields: dict[str, Any]) -> np.ndarray:
         raise CaseError(f"{path}: the pixel data cannot be decoded ({type(error).__name__}: {_text(error)})") from None
     if pixels.shape != (int(fields["rows"][0]), int(fields["columns"][0])):
         raise CaseError(f"{path}: pixels of shape {pixels.shape}; expected (Rows, Columns)")
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    try:
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    except (ValueError, TypeError) as error:  # a garbled decimal string
+        raise CaseError(f"{path}: RescaleSlope/RescaleIntercept are not numbers ({_text(error)}); expected decimal "
+                        "strings") from None
     if (slope, intercept) != (1.0, 0.0):
         pixels = pixels * slope + intercept
     return pixels
