@@ -20,7 +20,7 @@ else:
     _FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
     settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_FUZZ)
     settings.register_profile("long", max_examples=2000, **_FUZZ)  # about 3 minutes on 2 cores
-    settings.register_profile("soak", max_examples=6000, **_FUZZ)  # about 10 minutes on 2 cores
+    settings.register_profile("soak", max_examples=15000, **_FUZZ)  # about 10 minutes on 2 cores
     settings.load_profile("ci")
 GOLDEN_DIR = Path(os.environ.get("MEDSAMLITE_GOLDEN", REPO.parent / "shared" / "golden"))
 
