@@ -113,6 +113,15 @@ def test_a_dicom_rescale_slope_that_is_not_a_number_is_one_line(tmp_path):
     assert check_outcome(read_dicom_series, tmp_path / "series") is None
 
 
+def test_a_series_uid_holding_a_newline_is_named_in_one_line(tmp_path):
+    """Found by the soak profile (2026-12-07): a garbled SeriesInstanceUID put a line break into the message."""
+    files = write_dicom_series(tmp_path / "series", np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5))
+    raw = files[1].read_bytes()
+    at = raw.index(b"\x20\x00\x0e\x00UI") + 8  # (0020,000E) SeriesInstanceUID's value, explicit VR "UI"
+    files[1].write_bytes(raw[:at + 1] + b"\n" + raw[at + 2:])
+    assert check_outcome(read_dicom_series, tmp_path / "series") is None
+
+
 def _npy_with_shape(shape: tuple[int, ...]) -> bytes:
     header = {"descr": "<f8", "fortran_order": False, "shape": shape}
     buffer = io.BytesIO()

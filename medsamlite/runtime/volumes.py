@@ -236,7 +236,7 @@ def read_dicom_series(folder: str | Path) -> Volume:
         slices = [_dicom_slice(pydicom, f) for f in files]
     series = sorted({s["series"] for s in slices})
     if len(series) > 1:
-        raise CaseError(f"{folder}: holds {len(series)} series ({', '.join(series[:3])}); "
+        raise CaseError(f"{folder}: holds {len(series)} series ({', '.join(map(repr, series[:3]))}); "
                         "expected one series per folder")
     first = slices[0]
     for s in slices[1:]:
@@ -291,7 +291,7 @@ def _dicom_slice(pydicom: Any, path: Path) -> dict[str, Any]:
         raise CaseError(f"{path}: cannot be read as DICOM ({type(error).__name__}: {_text(error)})") from None
     try:
         if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1 or int(getattr(ds, "SamplesPerPixel", 1)) != 1:
-            raise CaseError(f"{path}: {ds.get('NumberOfFrames', 1)} frames of {ds.get('SamplesPerPixel', 1)} "
+            raise CaseError(f"{path}: {ds.get('NumberOfFrames', 1)!r} frames of {ds.get('SamplesPerPixel', 1)!r} "
                             "samples; expected a single-frame, single-channel slice")
         fields = {"path": path, "series": str(ds.get("SeriesInstanceUID", "")), "modality": str(ds.get("Modality", "")),
                   "rows": np.array([int(ds.Rows)]), "columns": np.array([int(ds.Columns)]),
