@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .plots import save_figure
 from .report import machine_header, markdown_table, write_csv, write_markdown
 
 
@@ -97,9 +98,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     right.bar([f"{r['entries']:,} entries" for r in opens], [r["value"] for r in opens])
     right.set_ylabel("seconds to open the index")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .plots import save_figure
 from .report import machine_header, markdown_table, write_csv, write_markdown
 
 
@@ -37,10 +38,7 @@ def plot(summary: list[dict], path: Path, title: str) -> Path:
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

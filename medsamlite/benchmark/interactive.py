@@ -140,7 +140,7 @@ def summarise(rows: list[dict], clicks: int) -> list[dict]:
 
 def plot(summary: list[dict], clicks: int, path: Path, title: str) -> Path:
     """Mean DSC against clicks (0 = the boxes alone), one line per model, over all cases."""
-    from .plots import _pyplot
+    from .plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -151,10 +151,7 @@ def plot(summary: list[dict], clicks: int, path: Path, title: str) -> Path:
     ax.set_ylabel("mean DSC")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

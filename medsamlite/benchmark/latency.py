@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .precision import bench_model
+from .plots import save_figure
 from .report import machine_header, markdown_table, write_csv, write_markdown
 
 
@@ -93,9 +94,7 @@ def bar_chart(rows: list[dict], columns: list[str], path: Path, title: str) -> N
     ax.set_ylabel("median encode latency (ms)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,6 +24,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write `fig` to `path` as a PNG (tight layout, 110 dpi) and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def runtime_vs_dsc(result: RunResult, path: Path) -> Path:
     """Mean seconds per case against mean DSC, one point per trained run; random-weight runs are left out."""
     plt = _pyplot()
@@ -40,10 +48,7 @@ def runtime_vs_dsc(result: RunResult, path: Path) -> Path:
     skipped = len(result.models) - len(trained)
     note = f" — {skipped} random-weight run(s) not drawn (speed only)" if skipped else ""
     ax.set_title(f"runtime vs DSC, trained weights{note}\n{result.context['cpu']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def encoder_speed(rows: list[dict[str, Any]], path: Path, cpu: str) -> Path:
@@ -58,10 +63,7 @@ def encoder_speed(rows: list[dict[str, Any]], path: Path, cpu: str) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel(f"encode ms ({rows[0]['backend']} {rows[0]['precision']}, median)")
     ax.set_title(f"encoder speed (speed only: random weights have no DSC)\n{cpu}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def modality_bars(rows: list[dict[str, Any]], key: str, models: list[str], title: str, path: Path) -> Path:
@@ -77,10 +79,7 @@ def modality_bars(rows: list[dict[str, Any]], key: str, models: list[str], title
     ax.set_xticks(x, modalities, rotation=30, ha="right")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_all(result: RunResult, modality_rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -115,7 +114,4 @@ def agreement_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title:
     axes[0][0].set_ylabel("agreement (mean; dotted: worst case)")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
