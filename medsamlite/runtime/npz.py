@@ -5,6 +5,7 @@ The choices for doubtful input are documented in docs/inference.md ("Bad input")
 """
 from __future__ import annotations
 
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -164,7 +165,11 @@ def _check_declared_size(archive: np.lib.npyio.NpzFile, key: str, source: str) -
         member.seek(0)
         version = np.lib.format.read_magic(member)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(member)
+        try:
+            shape, _, dtype = read_header(member)
+        except (SyntaxError, tokenize.TokenError) as error:  # numpy parses the header as a Python literal
+            raise CaseError(f"{source}: key '{key}' has a malformed .npy header ({type(error).__name__}); expected "
+                            "a numeric array") from None
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if declared > info.file_size:
         raise CaseError(f"{source}: key '{key}' declares shape {shape} of {dtype} ({declared} bytes) in "
@@ -232,7 +237,7 @@ def peek_kind(path: str | Path) -> str:
             shape = header(member)[0]  # the header only, not the voxels
             return _infer_kind(tuple(shape), _read_key(archive, "boxes", str(path)), None, str(path))
     except (OSError, KeyError, ValueError, AttributeError, EOFError, zipfile.BadZipFile, zlib.error,
-            NotImplementedError, RuntimeError) as error:
+            NotImplementedError, RuntimeError, SyntaxError, tokenize.TokenError) as error:
         raise CaseError(f"{path}: cannot tell 2D from 3D ({type(error).__name__}: {error}); expected a task .npz "
                         "case with keys 'imgs' and 'boxes'") from None
 
