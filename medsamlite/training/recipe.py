@@ -35,7 +35,9 @@ from ..factory import create_model
 from ..runtime.files import atomic_file
 from . import state as ckpt
 from .config import DistillConfig
+from ..runtime.metrics import dsc
 from .distill import TeacherCache, copy_heads, distill
+from .loop import write_json
 
 PLAN_FILE, PIECES_FILE, AGREEMENT_FILE = "plan.json", "pieces.json", "agreement.json"
 PARTS = ("heldout/synthetic", "heldout/real", "outside")
@@ -85,11 +87,6 @@ def build_student(recipe: StudentRecipe, teacher: nn.Module) -> nn.Module:
     return student
 
 
-def _json(path: Path, obj) -> None:
-    with atomic_file(path) as f:
-        f.write(json.dumps(obj, indent=2).encode())
-
-
 def _read(path: Path, default):
     return json.loads(path.read_text()) if path.exists() else default
 
@@ -101,7 +98,7 @@ def prepare_data(recipe: StudentRecipe, root: Path) -> dict[str, list[Path]]:
     if not marker.exists():
         parts = write_image_set(root / "data", recipe.synthetic_images, recipe.held_out, recipe.seed,
                                 recipe.real_images)
-        _json(marker, {"settings": settings, "parts": {k: [p.name for p in v] for k, v in parts.items()}})
+        write_json(marker, {"settings": settings, "parts": {k: [p.name for p in v] for k, v in parts.items()}})
     written = _read(marker, {})
     if written.get("settings") != settings:
         raise ValueError(f"{marker}: images made with {written.get('settings')}; recipe {recipe.name} needs "
@@ -169,7 +166,7 @@ def run_recipe(recipe: StudentRecipe, output: str | Path, budget_minutes: float 
     computed = fill_teacher_cache(cache, teacher, data)
     if plan is None:
         plan = _plan(recipe, student, data, cache, budget_minutes, steps, time.perf_counter() - began)
-        _json(out / PLAN_FILE, plan)
+        write_json(out / PLAN_FILE, plan)
     pieces = _read(out / PIECES_FILE, [])
     setup = time.perf_counter() - began
     limit = None if piece_minutes is None else max(1.0, piece_minutes * 60 - setup)
@@ -177,7 +174,7 @@ def run_recipe(recipe: StudentRecipe, output: str | Path, budget_minutes: float 
     pieces.append({"setup_seconds": round(setup, 1), "teacher_images": computed,
                    "train_seconds": round(result.seconds, 1), "steps_to": result.steps,
                    "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
-    _json(out / PIECES_FILE, pieces)
+    write_json(out / PIECES_FILE, pieces)
     plan["steps_done"] = result.steps
     if result.steps >= plan["steps"]:
         save_model(student, out / "student")
@@ -216,11 +213,7 @@ def _config(recipe: StudentRecipe, plan: dict, data: NpzImageDataset, out: Path,
 
 def case_agreement(student_segs: np.ndarray, teacher_segs: np.ndarray, labels: int) -> float:
     """Mean over labels 1..`labels` of the Dice between two label maps (a label empty in both counts 1)."""
-    scores = []
-    for k in range(1, labels + 1):
-        a, b = student_segs == k, teacher_segs == k
-        total = a.sum() + b.sum()
-        scores.append(1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total)
+    scores = [dsc(student_segs == k, teacher_segs == k) for k in range(1, labels + 1)]
     return float(np.mean(scores)) if scores else 1.0
 
 
@@ -261,7 +254,7 @@ def measure(student: nn.Module, teacher: nn.Module, parts: dict[str, list[Path]]
                         "worst": min(cases.values()) if cases else None, "cases": cases,
                         "modalities": {m: float(np.mean(v)) for m, v in sorted(by_modality.items())}}
     if out is not None:
-        _json(out / AGREEMENT_FILE, result)
+        write_json(out / AGREEMENT_FILE, result)
     return result
 
 
@@ -287,7 +280,7 @@ def agreement_curve(recipe: StudentRecipe, output: str | Path, data_dir: str | P
         points.append(point)
         if on_point is not None:
             on_point(point)
-    _json(out / "curve.json", points)
+    write_json(out / "curve.json", points)
     return points
 
 
