@@ -199,8 +199,9 @@ class NpzImageDataset(NpzCases):
 
     `inputs` maps a name to a `ModelConfig` or an (input_size, normalization) pair; each item holds
     one (3, S, S) float32 tensor per name, all from the same (randomly flipped) 2D image or slice,
-    plus `modality` and `case`. 3D volumes give any slice (`slices="random"`: one per volume per
-    epoch; `"all"`: every slice). No labels are needed.
+    its extent `<name>_hw` (h, w) in that frame (the rest is padding), plus `modality` and `case`.
+    3D volumes give any slice (`slices="random"`: one per volume per epoch; `"all"`: every slice).
+    No labels are needed.
     """
 
     def __init__(self, cases: str | Path | Sequence[str | Path],
@@ -222,8 +223,10 @@ class NpzImageDataset(NpzCases):
         path, z, image, _ = self._slice(index, rng)
         if self.augment:
             (image,) = flip([image], rng)
-        item: dict = {k: torch.from_numpy(preprocess_image(image, size, norm)[0][0])
-                      for k, (size, norm) in self.inputs.items()}
+        item: dict = {}
+        for k, (size, norm) in self.inputs.items():
+            x, hw = preprocess_image(image, size, norm)
+            item[k], item[f"{k}_hw"] = torch.from_numpy(x[0]), torch.tensor(hw)  # hw: the image's extent in the frame
         item.update(modality=self.case_modalities[self.entries[index].case], case=case_stem(path), slice=z)
         return item
 

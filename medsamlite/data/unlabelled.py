@@ -128,6 +128,37 @@ def real_images() -> list[Image2D]:
     return [*_skimage(SKIMAGE), *_pydicom(PYDICOM), *_nibabel(NIBABEL)]
 
 
+def variants(item: Image2D, count: int, seed: int = 0) -> list[Image2D]:
+    """`count` seeded variants of a real image: a crop (50-100% of each side), flips, a quarter turn, a gamma
+    curve, sometimes grey or shrunk to 64-160 px (small MR and CT slices are that size). Each is a new image
+    for the teacher cache, so the few real images go further than one cached embedding each."""
+    made = []
+    for k in range(count):
+        rng = np.random.default_rng([seed, zlib.crc32(item.name.encode()), k])
+        image = item.image
+        h, w = image.shape[:2]
+        ch, cw = (np.array([h, w]) * rng.uniform(0.5, 1.0, 2)).astype(int).clip(16)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        image = image[y:y + ch, x:x + cw]
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        if rng.random() < 0.25:
+            image = image[::-1]
+        if rng.random() < 0.25:
+            image = np.rot90(image)
+        image = np.rint(255 * (image / 255.0) ** np.exp(rng.uniform(-0.5, 0.5))).astype(np.uint8)
+        if image.ndim == 3 and rng.random() < 0.3:
+            image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        if rng.random() < 0.3:
+            scale = rng.uniform(64, 160) / max(image.shape[:2])
+            if scale < 1:
+                size = (max(8, round(image.shape[1] * scale)), max(8, round(image.shape[0] * scale)))
+                image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+        image = np.ascontiguousarray(image)
+        made.append(Image2D(f"{item.name}-v{k}", image, random_boxes(image.shape, 3, int(rng.integers(2**32)))))
+    return made
+
+
 def outside_images() -> list[Image2D]:
     """The outside test set (never trained on): pydicom's and scikit-image's named images."""
     return [*_skimage(OUTSIDE["skimage"]), *_pydicom(OUTSIDE["pydicom"])]
@@ -187,14 +218,16 @@ def split_held_out(images: list[Image2D], fraction: float, seed: int) -> tuple[l
 
 
 def write_image_set(root: str | Path, synthetic: int = 600, held_out: float = 0.15, seed: int = 0,
-                    real: bool = True) -> dict[str, list[Path]]:
+                    real: bool = True, real_variants: int = 0) -> dict[str, list[Path]]:
     """Write train/, heldout/synthetic/, heldout/real/ and outside/ under `root`; each part's files.
 
     Real images are held out at twice `held_out`: there are few of them, and each source should show.
+    Each real training image also gives `real_variants` variants (`variants`); held-out ones give none.
     """
     root = Path(root)
     synth_train, synth_held = split_held_out(list(synthetic_images(synthetic, seed)), held_out, seed)
     real_train, real_held = split_held_out(real_images() if real else [], held_out * 2, seed)
+    real_train += [v for item in real_train for v in variants(item, real_variants, seed)]
     return {"train": write_images(synth_train + real_train, root / "train"),
             "heldout/synthetic": write_images(synth_held, root / "heldout" / "synthetic"),
             "heldout/real": write_images(real_held, root / "heldout" / "real"),

@@ -50,7 +50,8 @@ class FinetuneConfig(TrainConfig):
 
 @dataclass
 class DistillConfig(TrainConfig):
-    """Distillation: the student's image encoder learns the teacher's embeddings (MSE)."""
+    """Distillation: the student's image encoder learns the teacher's embeddings (MSE), plus `mask_weight` x
+    the teacher's masks for `mask_boxes` random boxes per image through the teacher's frozen decoder."""
 
     output_dir: str = "runs/distill"  # the student (save_model), logs and checkpoints go here
     epochs: int = 1
@@ -59,6 +60,8 @@ class DistillConfig(TrainConfig):
     teacher_cache: str | None = None  # folder of fp16 teacher embeddings, reused across epochs and students
     student_key: str = "student"
     teacher_key: str = "teacher"
+    mask_weight: float = 0.0
+    mask_boxes: int = 4
 
 
 # learning rates per method (AdamW): the whole model moves slowly, the few adapter numbers fast

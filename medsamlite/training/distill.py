@@ -1,5 +1,12 @@
 """Encoder distillation as a task of the one loop: a student's image encoder learns a frozen teacher's embeddings.
 
+The loss is the embedding MSE plus, with `mask_weight` > 0, a mask term: for `mask_boxes` random boxes
+per image, the teacher's frozen decoder turns the student's and the teacher's embeddings into masks, and
+the student's are pulled to the teacher's (`losses.teacher_mask_loss`; prompt-in-the-loop distillation,
+as in EdgeSAM). The MSE treats every channel and position alike; the mask term weighs what the decoder
+reads. The boxes come from torch's RNG, which the loop seeds per epoch and checkpoints, so a resumed
+run draws the same boxes.
+
 The student and the teacher may take different input sizes and normalisations: each batch carries
 one tensor per model, both preprocessed from the same raw image (`NpzImageDataset` with
 `inputs={"student": student.config, "teacher": teacher.config}`). Both embed to the same
@@ -15,6 +22,7 @@ depend on what was cached before.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -31,6 +39,7 @@ from ..data.samplers import StreamSampler
 from .config import DistillConfig
 from .frozen import train_mode
 from .loop import Task, TrainResult, train, weights_digest
+from .losses import teacher_mask_loss
 
 
 def copy_heads(student: nn.Module, teacher: nn.Module) -> None:
@@ -67,15 +76,30 @@ class TeacherCache:
         os.replace(tmp, path)
 
 
+def random_boxes(extent: torch.Tensor, count: int, smallest: float = 0.05, largest: float = 0.8) -> torch.Tensor:
+    """`count` boxes [x0, y0, x1, y1] per image inside its extent (B, 2) as (h, w); sides log-uniform between
+    `smallest` and `largest` of the extent's, at least 4 px; from torch's RNG. Returns (B, count, 4)."""
+    hw = extent.float()[:, None, :].expand(-1, count, -1)  # (B, K, 2)
+    log_lo, log_hi = math.log(smallest), math.log(largest)
+    sides = torch.maximum(torch.exp(torch.empty(hw.shape).uniform_(log_lo, log_hi)) * hw, torch.full(hw.shape, 4.0))
+    sides = torch.minimum(sides, hw)
+    start = torch.rand(hw.shape) * (hw - sides)
+    (y0, x0), (h, w) = start.unbind(-1), sides.unbind(-1)
+    return torch.stack([x0, y0, x0 + w, y0 + h], -1)
+
+
 class DistillTask(Task):
-    """MSE between `student.image_encoder`'s embedding and the frozen teacher's (from `cache` when given)."""
+    """MSE between `student.image_encoder`'s embedding and the frozen teacher's (from `cache` when given),
+    plus `mask_weight` x the teacher-mask loss over `mask_boxes` random boxes per image."""
 
     name = "distill"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cache: TeacherCache | None = None,
-                 student_key: str = "student", teacher_key: str = "teacher", copy_heads: bool = True) -> None:
+                 student_key: str = "student", teacher_key: str = "teacher", copy_heads: bool = True,
+                 mask_weight: float = 0.0, mask_boxes: int = 4) -> None:
         self.model, self.teacher, self.cache = student, teacher.eval(), cache
         self.student_key, self.teacher_key, self.copy = student_key, teacher_key, copy_heads
+        self.mask_weight, self.mask_boxes = mask_weight, mask_boxes
         for p in teacher.parameters():
             p.requires_grad_(False)
 
@@ -111,7 +135,19 @@ class DistillTask(Task):
         if pred.shape != target.shape:
             raise ValueError(f"student embedding {tuple(pred.shape)} and teacher embedding "
                              f"{tuple(target.shape)} differ; distillation needs the same grid")
-        return F.mse_loss(pred, target), len(pred), 0
+        loss, masks = F.mse_loss(pred, target), 0
+        if self.mask_weight:
+            mask_loss, masks = self.mask_term(pred, target, batch[f"{self.teacher_key}_hw"])
+            loss = loss + self.mask_weight * mask_loss
+        return loss, len(pred), masks
+
+    def mask_term(self, pred: torch.Tensor, target: torch.Tensor, extent: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Teacher-mask loss of the student's embeddings `pred` for random boxes; (loss, masks)."""
+        boxes = random_boxes(extent.cpu(), self.mask_boxes).to(pred.device).reshape(-1, 4)
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher.decode(target.repeat_interleave(self.mask_boxes, 0), boxes)
+        student_logits, _ = self.teacher.decode(pred.repeat_interleave(self.mask_boxes, 0), boxes)
+        return teacher_mask_loss(student_logits.float(), teacher_logits.float()), len(boxes)
 
     def finish(self, output_dir: Path, main: bool) -> None:
         self.model.eval()
@@ -135,5 +171,6 @@ def distill(student: nn.Module, teacher: nn.Module, data: Dataset, config: Disti
                           "build it with augment=False to use the cache", stacklevel=2)
         else:
             cache = TeacherCache(config.teacher_cache, teacher)
-    task = DistillTask(student, teacher, cache, config.student_key, config.teacher_key, config.copy_heads)
+    task = DistillTask(student, teacher, cache, config.student_key, config.teacher_key, config.copy_heads,
+                       config.mask_weight, config.mask_boxes)
     return train(task, data, config, sampler=sampler, after_step=after_step, run_info=run_info)

@@ -62,6 +62,13 @@ class LiteMedSAMLoss(BoxLoss):
                 + self.bce_weight * F.binary_cross_entropy_with_logits(logits, target))
 
 
+def teacher_mask_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """BCE against the teacher's probabilities plus soft Dice against its mask (logits > 0), for distillation."""
+    target = (teacher_logits > 0).to(student_logits.dtype)
+    dice = DiceLoss(sigmoid=True, squared_pred=True, reduction="mean")(student_logits, target)
+    return dice + F.binary_cross_entropy_with_logits(student_logits, torch.sigmoid(teacher_logits))
+
+
 class DiceFocal(BoxLoss):
     """MONAI's DiceFocalLoss (sigmoid Dice + sigmoid focal, gamma 2); no IoU term unless `iou_weight` > 0."""
 

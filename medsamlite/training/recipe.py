@@ -36,7 +36,7 @@ from ..runtime.files import atomic_file
 from . import state as ckpt
 from .config import DistillConfig
 from ..runtime.metrics import dsc
-from .distill import TeacherCache, copy_heads, distill
+from .distill import DistillTask, TeacherCache, copy_heads, distill
 from .loop import write_json
 
 PLAN_FILE, PIECES_FILE, AGREEMENT_FILE = "plan.json", "pieces.json", "agreement.json"
@@ -52,15 +52,21 @@ class StudentRecipe:
     init: str  # "teacher-trunk": the teacher's own trunk and neck; "teacher-neck": its neck only
     teacher: str = "litemedsam"
     lr: float = 1e-3
-    warmup_steps: int = 30
+    warmup_steps: int = 100
     min_lr_ratio: float = 0.02
     weight_decay: float = 0.01
     batch_size: int = 4
     synthetic_images: int = 600
     real_images: bool = True  # scikit-image's, pydicom's and nibabel's (tests leave them out)
+    real_variants: int = 10  # seeded crops, flips, curves of each real training image, each with its own target
     held_out: float = 0.1
+    # the teacher-mask term (`DistillTask`; 0: embedding MSE only). At 0.1 its gradient is ~7x the MSE's at the
+    # start; one box per image adds ~30% to a step (four: ~150%, the decoder's backward at 64x64 is not cheap)
+    mask_weight: float = 0.1
+    mask_boxes: int = 1
+    precision: str = "auto"  # "auto": bf16 where the CPU has it natively (AVX512-BF16, AMX), else f32
     seed: int = 0
-    save_every: int = 50
+    save_every: int = 100
 
 
 RECIPES = {
@@ -68,6 +74,15 @@ RECIPES = {
     "repvit-neck": StudentRecipe("repvit-neck", "repvit_m0_6_medsam", "teacher-neck", lr=1e-3),
 }
 
+
+def recipe_precision(recipe: StudentRecipe) -> str:
+    """The training precision of this piece: the recipe's, with "auto" resolved on this CPU (each piece may
+    run on another machine; the plan's steps stay as planned)."""
+    if recipe.precision != "auto":
+        return recipe.precision
+    from ..runtime.precision import cpu_supports_bf16
+
+    return "bf16" if cpu_supports_bf16() else "f32"
 
 
 def build_student(recipe: StudentRecipe, teacher: nn.Module) -> nn.Module:
@@ -94,10 +109,11 @@ def _read(path: Path, default):
 def prepare_data(recipe: StudentRecipe, root: Path) -> dict[str, list[Path]]:
     """The recipe's image set under `root/data`, written once (`parts.json` marks it complete with its settings)."""
     marker = root / "data" / "parts.json"
-    settings = {k: getattr(recipe, k) for k in ("synthetic_images", "real_images", "held_out", "seed")}
+    settings = {k: getattr(recipe, k) for k in ("synthetic_images", "real_images", "real_variants", "held_out",
+                                                "seed")}
     if not marker.exists():
         parts = write_image_set(root / "data", recipe.synthetic_images, recipe.held_out, recipe.seed,
-                                recipe.real_images)
+                                recipe.real_images, recipe.real_variants)
         write_json(marker, {"settings": settings, "parts": {k: [p.name for p in v] for k, v in parts.items()}})
     written = _read(marker, {})
     if written.get("settings") != settings:
@@ -121,17 +137,21 @@ def fill_teacher_cache(cache: TeacherCache, teacher: nn.Module, data: NpzImageDa
     return computed
 
 
-def _seconds_per_step(student: nn.Module, data: NpzImageDataset, cache: TeacherCache, recipe: StudentRecipe,
-                      steps: int = 4) -> float:
-    """Median wall time of a training step on a throwaway copy of the student (the plan's unit)."""
-    probe = copy.deepcopy(student.image_encoder).train()
+def _seconds_per_step(student: nn.Module, teacher: nn.Module, data: NpzImageDataset, cache: TeacherCache,
+                      recipe: StudentRecipe, steps: int = 4) -> float:
+    """Median wall time of a training step (the recipe's loss and precision) on a throwaway copy of the student."""
+    from torch.utils.data import default_collate
+
+    task = DistillTask(copy.deepcopy(student), teacher, cache, mask_weight=recipe.mask_weight,
+                       mask_boxes=recipe.mask_boxes)
+    probe = task.module().train()
     optimizer = torch.optim.AdamW(probe.parameters(), lr=recipe.lr)
     times = []
     for s in range(steps + 1):
-        items = [data[(s * recipe.batch_size + i) % len(data)] for i in range(recipe.batch_size)]
-        target = torch.from_numpy(np.stack([cache.get(it["case"], int(it["slice"])) for it in items])).float()
+        batch = default_collate([data[(s * recipe.batch_size + i) % len(data)] for i in range(recipe.batch_size)])
         began = time.perf_counter()
-        loss = nn.functional.mse_loss(probe(torch.stack([it["student"] for it in items])), target)
+        with torch.autocast("cpu", torch.bfloat16, enabled=recipe_precision(recipe) == "bf16"):
+            loss = task.step(probe, batch)[0]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -165,31 +185,35 @@ def run_recipe(recipe: StudentRecipe, output: str | Path, budget_minutes: float 
     cache = TeacherCache(shared / "teacher-cache", teacher)
     computed = fill_teacher_cache(cache, teacher, data)
     if plan is None:
-        plan = _plan(recipe, student, data, cache, budget_minutes, steps, time.perf_counter() - began)
+        plan = _plan(recipe, student, teacher, data, cache, budget_minutes, steps, time.perf_counter() - began)
         write_json(out / PLAN_FILE, plan)
     pieces = _read(out / PIECES_FILE, [])
     setup = time.perf_counter() - began
     limit = None if piece_minutes is None else max(1.0, piece_minutes * 60 - setup)
-    result = distill(student, teacher, data, _config(recipe, plan, data, out, shared, limit, progress))
-    pieces.append({"setup_seconds": round(setup, 1), "teacher_images": computed,
+    precision = recipe_precision(recipe)
+    result = distill(student, teacher, data, _config(recipe, plan, data, out, shared, limit, precision, progress))
+    pieces.append({"setup_seconds": round(setup, 1), "teacher_images": computed, "precision": precision,
                    "train_seconds": round(result.seconds, 1), "steps_to": result.steps,
                    "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
-    write_json(out / PIECES_FILE, pieces)
     plan["steps_done"] = result.steps
     if result.steps >= plan["steps"]:
+        measured = time.perf_counter()
         save_model(student, out / "student")
         plan["agreement"] = measure(student, teacher, parts, shared, out)
-    plan["cpu_minutes"] = round(sum(p["setup_seconds"] + p["train_seconds"] for p in pieces) / 60, 1)
+        pieces[-1]["measure_seconds"] = round(time.perf_counter() - measured, 1)
+    write_json(out / PIECES_FILE, pieces)
+    plan["cpu_minutes"] = round(sum(p["setup_seconds"] + p["train_seconds"] + p.get("measure_seconds", 0)
+                                    for p in pieces) / 60, 1)
     return plan
 
 
-def _plan(recipe: StudentRecipe, student: nn.Module, data: NpzImageDataset, cache: TeacherCache,
+def _plan(recipe: StudentRecipe, student: nn.Module, teacher: nn.Module, data: NpzImageDataset, cache: TeacherCache,
           budget_minutes: float | None, steps: int | None, setup_seconds: float) -> dict:
     """The run's length in optimiser steps: given, or what the budget leaves after set-up at the measured pace."""
     if steps is None:
         if budget_minutes is None:
             raise ValueError("a new recipe run needs budget_minutes (or steps)")
-        per_step = _seconds_per_step(student, data, cache, recipe)
+        per_step = _seconds_per_step(student, teacher, data, cache, recipe)
         steps = max(1, int((budget_minutes * 60 - setup_seconds) / per_step))
     else:
         per_step = None
@@ -198,7 +222,7 @@ def _plan(recipe: StudentRecipe, student: nn.Module, data: NpzImageDataset, cach
 
 
 def _config(recipe: StudentRecipe, plan: dict, data: NpzImageDataset, out: Path, shared: Path,
-            limit: float | None, progress: bool) -> DistillConfig:
+            limit: float | None, precision: str, progress: bool) -> DistillConfig:
     train_dir = out / "train"
     resume = str(train_dir) if ckpt.list_checkpoints(train_dir) else None
     return DistillConfig(output_dir=str(train_dir), epochs=math.ceil(plan["steps"] * recipe.batch_size / len(data)) + 1,
@@ -206,7 +230,8 @@ def _config(recipe: StudentRecipe, plan: dict, data: NpzImageDataset, out: Path,
                          weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps,
                          min_lr_ratio=recipe.min_lr_ratio, seed=recipe.seed, save_every=recipe.save_every,
                          keep=1000, resume=resume, teacher_cache=str(shared / "teacher-cache"), progress=progress,
-                         device="cpu", log_every=5)
+                         device="cpu", log_every=5, precision=precision, mask_weight=recipe.mask_weight,
+                         mask_boxes=recipe.mask_boxes)
 
 
 # agreement ------------------------------------------------------------------------------------------------
