@@ -101,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ft.add_argument("--decoder", choices=("dense", "factorised"), default=ft_defaults.decoder,
                     help="factorised: each image's box-independent decoder part once, the same gradients to "
                          "rounding, about 1.9x less decoder work at 8 targets per image (default: %(default)s)")
+    ft.add_argument("--interactive", type=int, default=ft_defaults.interactive, metavar="ROUNDS",
+                    help="also train ROUNDS rounds of simulated clicks per step, each with the previous mask as "
+                         "a prompt (SAM / micro-sam style; dense decoder); 0: boxes only (default: %(default)s)")
     ft.add_argument("--modality-probabilities", nargs="*", metavar="MODALITY=P",
                     help="modality-balanced sampling, e.g. CT=0.4 MR=0.1 (the rest share the remainder)")
     ft.add_argument("--temperature", type=float, help="modality sampling by frequency^(1/T) (inf: uniform)")
@@ -180,7 +183,8 @@ def _finetune(args: argparse.Namespace) -> int:
         sampler = ModalityBalancedSampler(train.modalities, _probabilities(args.modality_probabilities),
                                           args.temperature, args.samples_per_epoch, args.seed)
     config = _loop_config(FinetuneConfig, args, loss=args.loss, freeze=tuple(args.freeze),
-                          early_stopping_patience=args.patience or None, decoder=args.decoder)
+                          early_stopping_patience=args.patience or None, decoder=args.decoder,
+                          interactive=args.interactive)
     result = finetune(model, train, val, config, sampler=sampler, run_info=info)
     if result.rank:
         return 0
@@ -278,6 +282,8 @@ def _student_arguments(parser: argparse.ArgumentParser) -> None:
                         "recipes with the same data settings may share one")
     parser.add_argument("--curve", action="store_true", help="also measure every checkpoint's agreement "
                         "(OUTPUT/curve.json, curve.png)")
+    parser.add_argument("--ship", metavar="FILE", help="when the run is finished, write its student to FILE "
+                        "(.safetensors, fp16 where agreement holds) and print the sha256 for its registry entry")
     parser.add_argument("--threads", type=int, help="torch threads")
 
 
@@ -306,6 +312,11 @@ def _student(args: argparse.Namespace) -> int:
 
         points = agreement_curve(recipe, args.output, args.data_dir)
         print(f"curve: {agreement_curves({args.recipe: points}, Path(args.output).expanduser() / 'curve.png')}")
+    if args.ship and "agreement" in plan:
+        from ..training.recipe import ship_student
+
+        shipped = ship_student(args.output, args.ship, args.data_dir)
+        print(f"shipped {args.ship}: {shipped['precision']}, sha256 {shipped['sha256']}")
     return 0 if plan["steps_done"] >= plan["steps"] else 3
 
 

@@ -46,6 +46,7 @@ class FinetuneConfig(TrainConfig):
     freeze: tuple[str, ...] = ("prompt_encoder",)  # parameter-name prefixes, e.g. "image_encoder"
     early_stopping_patience: int | None = 7  # epochs without a better validation loss; None: never
     decoder: str = "dense"  # "factorised": each image's box-independent decoder part once (pays from ~4 targets)
+    interactive: int = 0  # click rounds per step after the box (SAM / micro-sam style); 0: boxes only
 
 
 @dataclass

@@ -23,7 +23,6 @@ depend on what was cached before.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +35,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoints import save_model
 from ..data.samplers import StreamSampler
+from ..runtime.files import atomic_file
 from .config import DistillConfig
 from .frozen import train_mode
 from .loop import Task, TrainResult, train, weights_digest
@@ -69,11 +69,8 @@ class TeacherCache:
         return np.load(path, allow_pickle=False)
 
     def put(self, case: str, slice_: int, embedding: np.ndarray) -> None:
-        path = self.path(case, slice_)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, embedding.astype(np.float16))
-        os.replace(tmp, path)
+        with atomic_file(self.path(case, slice_)) as f:
+            np.save(f, embedding.astype(np.float16))
 
 
 def random_boxes(extent: torch.Tensor, count: int, smallest: float = 0.05, largest: float = 0.8) -> torch.Tensor:

@@ -6,7 +6,8 @@ epoch's end choosing the best model (`output_dir/best`) and stopping early, the 
 `requires_grad` after the named parts are frozen, so an adapter method that froze the base model
 beforehand keeps its choice; frozen named parts stay in eval mode. Items hold one target (`box`,
 `mask`) or K (`boxes`, `masks`, `valid`): the image is encoded once and all its valid boxes go
-through the decoder in one call; the loss is averaged over the valid masks.
+through the decoder in one call; the loss is averaged over the valid masks. With `interactive` > 0, each
+step also trains that many rounds of simulated clicks (`training.interactive`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..data.samplers import StreamSampler
 from ..runtime.files import atomic_dir
 from .config import FinetuneConfig, TrainConfig
 from .frozen import train_mode
+from .interactive import InteractiveForward, interactive_loss
 from .loop import Task, TrainResult, to_device, train
 from .losses import BoxLoss, get_loss
 
@@ -133,13 +135,17 @@ class FinetuneTask(Task):
     name = "finetune"
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, frozen: Iterable[str] = ("prompt_encoder",),
-                 save: Callable[[nn.Module, Path], None] = save_best, decoder: str = "dense") -> None:
+                 save: Callable[[nn.Module, Path], None] = save_best, decoder: str = "dense",
+                 interactive: int = 0) -> None:
         if not isinstance(loss_fn, BoxLoss):
             raise ValueError(f"loss {type(loss_fn).__name__} is not a box-prompted loss (logits, mask, iou); "
                              "finetune trains one mask per box — partial-label losses need a multi-class head")
-        self.model, self.loss_fn, self.save = model, loss_fn, save
+        if interactive and decoder != "dense":
+            raise ValueError("interactive fine-tuning feeds the previous mask back, which only the dense decoder "
+                             f"takes; got decoder={decoder!r}")
+        self.model, self.loss_fn, self.save, self.interactive = model, loss_fn, save, interactive
         freeze(model, frozen)
-        self.forward = BoxForward(model, decoder)
+        self.forward = InteractiveForward(model, interactive) if interactive else BoxForward(model, decoder)
 
     def module(self) -> nn.Module:
         return self.forward
@@ -151,7 +157,11 @@ class FinetuneTask(Task):
         train_mode(self.model)  # frozen BatchNorm statistics and dropout stay as trained
 
     def step(self, module: nn.Module, batch: dict) -> tuple[torch.Tensor, int, int]:
-        loss, logits, _ = box_loss(module, self.loss_fn, batch)
+        if self.interactive:
+            boxes, masks, owner = targets(batch)
+            loss, logits = interactive_loss(module, self.loss_fn, batch, boxes, masks, owner)
+        else:
+            loss, logits, _ = box_loss(module, self.loss_fn, batch)
         return loss, len(batch["image"]), len(logits)
 
     def evaluate(self, data: Dataset, config: TrainConfig, device: torch.device) -> tuple[float, float, int]:
@@ -176,6 +186,7 @@ def finetune(model: nn.Module, train_data: Dataset, val_data: Dataset | None = N
     by `save`) and drives early stopping; `sampler` (e.g. `ModalityBalancedSampler`) replaces shuffling.
     """
     config = config or FinetuneConfig()
-    task = FinetuneTask(model, get_loss(config.loss, **config.loss_kwargs), config.freeze, save, config.decoder)
+    task = FinetuneTask(model, get_loss(config.loss, **config.loss_kwargs), config.freeze, save, config.decoder,
+                        config.interactive)
     return train(task, train_data, config, val_data=val_data, sampler=sampler, after_step=after_step,
                  run_info=run_info)

@@ -8,7 +8,8 @@ piece, from the measured time per step and what setting up cost; `plan.json` kee
 follows the whole planned run, not the piece. Each piece stops at its own limit and `resume` continues
 the same schedule, data order and teacher cache: 3 x 40 minutes give the student 1 x 120 minutes give.
 
-    run_recipe(RECIPES["student-v1"], "~/student-run", budget_minutes=180, piece_minutes=40)  # then again
+    run_recipe(RECIPES["student-v1"], "~/student-run", budget_minutes=170, piece_minutes=40)  # then again
+    ship_student("~/student-run", "medsamlite/weights/litemedsam_s8.safetensors")  # fp16 where agreement holds
 
 Agreement is the per-case mean over boxes of the Dice between the student's and the teacher's masks for
 the same boxes, on held-out synthetic and real images and on the outside test set.
@@ -139,7 +140,8 @@ def fill_teacher_cache(cache: TeacherCache, teacher: nn.Module, data: NpzImageDa
 
 def _seconds_per_step(student: nn.Module, teacher: nn.Module, data: NpzImageDataset, cache: TeacherCache,
                       recipe: StudentRecipe, steps: int = 4) -> float:
-    """Median wall time of a training step (the recipe's loss and precision) on a throwaway copy of the student."""
+    """Median wall time of a training step (its batch read, the recipe's loss and precision) on a throwaway copy
+    of the student."""
     from torch.utils.data import default_collate
 
     task = DistillTask(copy.deepcopy(student), teacher, cache, mask_weight=recipe.mask_weight,
@@ -148,8 +150,8 @@ def _seconds_per_step(student: nn.Module, teacher: nn.Module, data: NpzImageData
     optimizer = torch.optim.AdamW(probe.parameters(), lr=recipe.lr)
     times = []
     for s in range(steps + 1):
+        began = time.perf_counter()  # reading and preprocessing the batch count: the loop does them too
         batch = default_collate([data[(s * recipe.batch_size + i) % len(data)] for i in range(recipe.batch_size)])
-        began = time.perf_counter()
         with torch.autocast("cpu", torch.bfloat16, enabled=recipe_precision(recipe) == "bf16"):
             loss = task.step(probe, batch)[0]
         loss.backward()
@@ -205,6 +207,40 @@ def run_recipe(recipe: StudentRecipe, output: str | Path, budget_minutes: float 
     plan["cpu_minutes"] = round(sum(p["setup_seconds"] + p["train_seconds"] + p.get("measure_seconds", 0)
                                     for p in pieces) / 60, 1)
     return plan
+
+
+def ship_student(output: str | Path, destination: str | Path, data_dir: str | Path | None = None,
+                 tolerance: float = 0.005) -> dict:
+    """Write a finished run's student as fp16 safetensors at `destination` (what a registry entry ships).
+
+    fp16 halves the file; it is kept only if the rounded student's agreement with the teacher stays within
+    `tolerance` of the f32 student's on every part, else the f32 weights ship. Returns the precision, the
+    file's sha256 (for the entry) and both agreements.
+    """
+    from safetensors.torch import save
+
+    from ..constants import FORMAT_MODEL
+    from ..factory import load_model
+    from ..runtime.files import file_digest
+
+    out = Path(output).expanduser()
+    plan = _read(out / PLAN_FILE, {})
+    if "agreement" not in plan:
+        raise ValueError(f"{out / PLAN_FILE}: the run is not finished ({plan.get('steps_done', 0)} of "
+                         f"{plan.get('steps', '?')} steps); resume it first")
+    recipe = StudentRecipe(**plan["recipe"])
+    shared = Path(data_dir).expanduser() if data_dir else out
+    student, teacher = load_model(out / "student"), create_model(recipe.teacher, pretrained=True)
+    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    student.load_state_dict(half)  # rounded through fp16, back in the model's f32
+    rounded = measure(student.eval(), teacher, prepare_data(recipe, shared), shared)
+    kept = all(abs(rounded[p]["mean"] - plan["agreement"][p]["mean"]) <= tolerance
+               for p in PARTS if rounded[p]["mean"] is not None)
+    with atomic_file(destination) as f:
+        f.write(save(half if kept else state, metadata={"format": FORMAT_MODEL, "recipe": recipe.name}))
+    return {"precision": "fp16" if kept else "f32", "sha256": file_digest(destination),
+            "agreement": plan["agreement"], "agreement_shipped": rounded if kept else plan["agreement"]}
 
 
 def _plan(recipe: StudentRecipe, student: nn.Module, teacher: nn.Module, data: NpzImageDataset, cache: TeacherCache,
@@ -284,8 +320,9 @@ def measure(student: nn.Module, teacher: nn.Module, parts: dict[str, list[Path]]
 
 
 def agreement_curve(recipe: StudentRecipe, output: str | Path, data_dir: str | Path | None = None,
-                    on_point: Callable[[dict], None] | None = None) -> list[dict]:
-    """Agreement of every checkpoint of a run (and the untrained start, step 0) against its training minutes."""
+                    on_point: Callable[[dict], None] | None = None, every: int = 1) -> list[dict]:
+    """Agreement of a run's checkpoints at multiples of `every` steps, its last, and the untrained start (step 0),
+    against training minutes."""
     out = Path(output).expanduser()
     shared = Path(data_dir).expanduser() if data_dir else out
     teacher = create_model(recipe.teacher, pretrained=True)
@@ -293,7 +330,9 @@ def agreement_curve(recipe: StudentRecipe, output: str | Path, data_dir: str | P
     parts = prepare_data(recipe, shared)
     log = _train_seconds(out / "train" / "log.csv")
     points = []
-    for checkpoint in [None, *ckpt.list_checkpoints(out / "train")]:
+    checkpoints = ckpt.list_checkpoints(out / "train")
+    chosen = [c for c in checkpoints if int(c.name.split("-")[-1]) % every == 0 or c == checkpoints[-1]]
+    for checkpoint in [None, *chosen]:
         step = 0
         if checkpoint is not None:
             state, _ = ckpt.load(checkpoint, 0)

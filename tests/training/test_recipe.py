@@ -77,3 +77,62 @@ def test_the_command_line_plans_resumes_and_draws_the_curve(tmp_path: Path, data
     with pytest.raises(SystemExit, match="pass --resume"):
         main(base + ["--steps", "2"])
     assert main(base + ["--resume"]) == 0  # already done: measures again, trains nothing
+
+
+def test_random_boxes_lie_inside_each_images_extent():
+    from medsamlite.training.distill import random_boxes
+
+    torch.manual_seed(0)
+    extent = torch.tensor([[256, 256], [100, 256], [256, 40]])
+    boxes = random_boxes(extent, 50)
+    assert boxes.shape == (3, 50, 4)
+    h, w = extent[:, None, 0].float(), extent[:, None, 1].float()
+    assert (boxes[..., 0] >= 0).all() and (boxes[..., 1] >= 0).all()
+    assert (boxes[..., 2] <= w + 1e-4).all() and (boxes[..., 3] <= h + 1e-4).all()
+    sides = boxes[..., 2:] - boxes[..., :2]
+    assert (sides >= 4 - 1e-4).all() and sides[0].max() > 100 and sides[0].min() < 30  # small and large boxes
+
+
+def test_the_mask_term_pulls_the_students_masks_towards_the_teachers(data_dir: Path):
+    from torch.utils.data import default_collate
+
+    from medsamlite.data.datasets import NpzImageDataset
+    from medsamlite.factory import create_model
+    from medsamlite.training.distill import DistillTask
+
+    teacher = create_model(TINY.teacher, pretrained=True)
+    student = build_student(TINY, teacher)
+    parts = prepare_data(TINY, data_dir)
+    data = NpzImageDataset(parts["train"][:2], {"student": student.config, "teacher": teacher.config}, augment=False)
+    batch = default_collate([data[0], data[1]])
+    mse_only = DistillTask(student, teacher, mask_weight=0.0)
+    with_masks = DistillTask(student, teacher, mask_weight=1.0, mask_boxes=2)
+    torch.manual_seed(0)
+    plain, _, no_masks = mse_only.step(student.image_encoder, batch)
+    torch.manual_seed(0)
+    total, images, masks = with_masks.step(student.image_encoder, batch)
+    assert (images, masks, no_masks) == (2, 4, 0)
+    assert total > plain  # the student differs from the teacher: its masks do too
+    total.backward()
+    assert student.image_encoder.up[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())  # the frozen decoder passes gradients, keeps none
+
+
+def test_a_finished_run_ships_fp16_weights_that_load_with_their_sha256(tmp_path: Path, data_dir: Path):
+    from medsamlite.checkpoints import load_checkpoint
+    from medsamlite.factory import create_model, load_model
+    from medsamlite.runtime.files import file_digest
+    from medsamlite.training.recipe import ship_student
+
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="not finished"):
+        ship_student(run, tmp_path / "w.safetensors", data_dir)
+    run_recipe(TINY, run, steps=2, data_dir=data_dir)
+    shipped = ship_student(run, tmp_path / "w.safetensors", data_dir)
+    assert shipped["sha256"] == file_digest(tmp_path / "w.safetensors")
+    assert shipped["precision"] == "fp16"  # two steps from the teacher's weights: fp16 rounding changes nothing
+    model = create_model("litemedsam_s8")
+    load_checkpoint(model, tmp_path / "w.safetensors")
+    trained = load_model(run / "student").state_dict()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, trained[name].half().to(value.dtype), msg=name)
