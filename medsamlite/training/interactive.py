@@ -15,8 +15,8 @@ from torch import nn
 
 
 def sample_clicks(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per target (N, 1, m, m): (x, y) in mask pixels (N, 2), centred, and its label (N,), 1 where
-    the ground truth holds the pixel (a missed one), 0 where it does not (a spurious one).
+    """One click per target (N, 1, m, m): its mask pixel (x, y) (N, 2) and its label (N,), 1 where the ground
+    truth holds the pixel (a missed one), 0 where it does not (a spurious one).
 
     Drawn uniformly from the error region; a target without error gets a positive click inside its mask (or
     anywhere, when the mask is empty), so every target keeps the same number of points.
@@ -27,7 +27,7 @@ def sample_clicks(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tens
     weights = torch.where(weights.any(1, keepdim=True), weights, torch.ones_like(weights)).float()
     index = torch.multinomial(weights, 1)[:, 0]
     side = masks.shape[-1]
-    xy = torch.stack([index % side, index // side], 1).float() + 0.5
+    xy = torch.stack([index % side, index // side], 1).float()
     return xy, truth.gather(1, index[:, None])[:, 0].long()
 
 
@@ -53,7 +53,8 @@ class InteractiveForward(nn.Module):
         for _ in range(self.clicks):
             previous = rounds[-1][0].detach()
             xy, positive = sample_clicks(previous, masks)
-            coords = torch.cat([coords, (xy * scale)[:, None]], 1)
+            # pixel indices of the input frame, as clicks reach the prompt encoder (it adds the half pixel)
+            coords = torch.cat([coords, ((xy + 0.5) * scale - 0.5)[:, None]], 1)
             labels = torch.cat([labels, positive[:, None]], 1)
             rounds.append(self.model.decode(paired, boxes, points=(coords, labels), masks=previous))
         return rounds

@@ -224,10 +224,9 @@ def ship_student(output: str | Path, destination: str | Path, data_dir: str | Pa
     from ..runtime.files import file_digest
 
     out = Path(output).expanduser()
-    plan = _read(out / PLAN_FILE, {})
-    if "agreement" not in plan:
-        raise ValueError(f"{out / PLAN_FILE}: the run is not finished ({plan.get('steps_done', 0)} of "
-                         f"{plan.get('steps', '?')} steps); resume it first")
+    plan, agreement = _read(out / PLAN_FILE, {}), _read(out / AGREEMENT_FILE, None)
+    if agreement is None:  # written with the student when the last planned step is done
+        raise ValueError(f"{out}: the run is not finished (no {AGREEMENT_FILE}); resume it first")
     recipe = StudentRecipe(**plan["recipe"])
     shared = Path(data_dir).expanduser() if data_dir else out
     student, teacher = load_model(out / "student"), create_model(recipe.teacher, pretrained=True)
@@ -235,12 +234,12 @@ def ship_student(output: str | Path, destination: str | Path, data_dir: str | Pa
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     student.load_state_dict(half)  # rounded through fp16, back in the model's f32
     rounded = measure(student.eval(), teacher, prepare_data(recipe, shared), shared)
-    kept = all(abs(rounded[p]["mean"] - plan["agreement"][p]["mean"]) <= tolerance
+    kept = all(abs(rounded[p]["mean"] - agreement[p]["mean"]) <= tolerance
                for p in PARTS if rounded[p]["mean"] is not None)
     with atomic_file(destination) as f:
         f.write(save(half if kept else state, metadata={"format": FORMAT_MODEL, "recipe": recipe.name}))
     return {"precision": "fp16" if kept else "f32", "sha256": file_digest(destination),
-            "agreement": plan["agreement"], "agreement_shipped": rounded if kept else plan["agreement"]}
+            "agreement": agreement, "agreement_shipped": rounded if kept else agreement}
 
 
 def _plan(recipe: StudentRecipe, student: nn.Module, teacher: nn.Module, data: NpzImageDataset, cache: TeacherCache,
