@@ -3,7 +3,7 @@
 A source is a registered model name (with `checkpoint=` or its packaged weights), a torch model, or a folder
 whose `format` field says what it is: a saved torch model, a compiled (exported) model, or a data-aware set
 of either behind a router. A compiled folder opens torch-free; a torch model runs on `backend`:
-"auto" (OpenVINO where installed, else torch; torch for the factorised decoder), "torch", "openvino" or
+"auto" (OpenVINO where installed, else torch), "torch", "openvino" or
 "onnxruntime" (compiled once through the compile-and-cache utility, then loaded from the cache).
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .constants import BACKENDS, DECODERS
+from .constants import BACKENDS
 from .extras import missing
 from .runtime import folders
+from .runtime.decoders import AUTO, DECODER_MODES
 
 if TYPE_CHECKING:
     from .runtime.engine import Engine
@@ -44,18 +45,19 @@ def torch_precision(precision: str | None) -> str:
 def open(source: Any, *, backend: str = "auto", precision: str | None = None, threads: int | None = None,
          checkpoint: str | Path | None = None, pretrained: bool | None = None, trust_checkpoint: bool = False,
          cache_dir: str | Path | None = None, on_compile: Callable[[str], None] | None = None,
-         decoder: str = "dense") -> "Engine | RoutedPredictor":
+         decoder: str = AUTO) -> "Engine | RoutedPredictor":
     """An engine for `source` (a `RoutedPredictor` for a data-aware folder).
 
     `pretrained=None` takes a registered model's packaged weights when it has them and is an error otherwise
     (pass `checkpoint=`). `precision` defaults to f32, or to what a compiled folder was exported with.
-    `on_compile(message)` is called once before a model is compiled (not on a cache hit). `decoder`:
-    "dense" (SAM's) or "factorised" (exact to rounding, less work per box; not yet for data-aware folders).
+    `on_compile(message)` is called once before a model is compiled (not on a cache hit). `decoder`: "auto"
+    (both decoders, picked per image or slice from its box count: `runtime.decoders`), "dense" (SAM's) or
+    "factorised" (exact to rounding, less work per box); an exported data-aware folder runs dense.
     """
     if backend not in ("auto", *BACKENDS):
         raise OpenError(f"backend {backend!r}; expected auto or one of {', '.join(BACKENDS)}")
-    if decoder not in DECODERS:
-        raise OpenError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+    if decoder not in DECODER_MODES:
+        raise OpenError(f"decoder {decoder!r}; expected one of {', '.join(DECODER_MODES)}")
 
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         if checkpoint is not None or pretrained:
@@ -126,12 +128,12 @@ def _registered(name: str, checkpoint: str | Path | None, pretrained: bool | Non
 
 
 def _dense_only(decoder: str, source: Any) -> None:
-    if decoder != "dense":
+    if decoder not in ("dense", AUTO):
         raise OpenError(f"{source}: an exported data-aware folder runs decoder dense only so far ({decoder!r} asked)")
 
 
 def _engine(model: Any, backend: str, precision: str | None, threads: int | None, cache_dir: str | Path | None,
-            on_compile: Callable[[str], None] | None, decoder: str = "dense") -> "Engine":
+            on_compile: Callable[[str], None] | None, decoder: str = AUTO) -> "Engine":
     backend = default_backend() if backend == "auto" else backend
     if backend == "torch":
         import torch
