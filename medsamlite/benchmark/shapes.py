@@ -161,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"))
     parser.add_argument("--threads", type=int)
     parser.add_argument("--encode-batch", type=int, help="passed to predict (3D slices per encoder call)")
-    parser.add_argument("--decoder", choices=("auto", "dense", "factorised"), help="passed to predict (its default: auto)")
+    parser.add_argument("--decoder", choices=("auto", "dense", "factorised"), help="passed to predict (default auto)")
     parser.add_argument("--large", action="store_true", help="add the three large shapes (minutes on torch)")
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (the median is tabled)")

@@ -89,7 +89,7 @@ class CompiledSam(Closable):
 
     @cached_property
     def factorised_from(self) -> int:
-        """Boxes from which "auto" runs the factorised decoder: recorded for this CPU and precision, else the default."""
+        """Boxes from which "auto" runs the factorised decoder: recorded for this CPU and precision, else 4."""
         return factorised_from(self.meta, self.precision)
 
     def decoder_for(self, boxes: int) -> str:

@@ -4,8 +4,9 @@ The factorised decoder runs each image's box-independent part once (`prepare`) a
 batches, so it pays once an image holds enough boxes; below that SAM's dense decoder is faster. An engine
 opened with `decoder="auto"` holds both and picks per image or slice from its box count: factorised from
 `factorised_from` boxes on. The threshold depends on the CPU and the precision, so a compiled folder records
-it per CPU kind and precision in its `config.json` (`measure_threshold` + `record_threshold`, which
-`medsamlite export --measure-decoders` runs); where none is recorded, `DEFAULT_FACTORISED_FROM`.
+it per CPU kind and precision in its `config.json` (`measure_folder`: `measure_threshold` + `record_threshold`,
+which `medsamlite export --measure-decoders` runs; on another CPU, call it on the folder there); where none is
+recorded, `DEFAULT_FACTORISED_FROM`.
 """
 from __future__ import annotations
 
@@ -103,6 +104,20 @@ def _best_of(run: Callable[[], Any], repeats: int, clock: Callable[[], float]) -
         run()
         times.append(clock() - start)
     return min(times)
+
+
+def measure_folder(folder: str | Path, threads: int | None = None) -> int:
+    """Measure a compiled folder's threshold on this CPU at its precision (`measure_threshold`) and record it in
+    its config.json (`record_threshold`); returns it. Timing: an idle machine, about a minute per folder."""
+    from .compiled import load  # compiled imports this module
+
+    with load(folder, decoder=AUTO, threads=threads) as engine:
+        if len(engine.decoders) < len(DECODERS):
+            raise ValueError(f"{folder}: holds the decoders {engine.decoders}; measuring the threshold needs both "
+                             "(export it again)")
+        threshold, precision = measure_threshold(engine), engine.precision
+    record_threshold(folder, threshold, precision)
+    return threshold
 
 
 def record_threshold(folder: str | Path, threshold: int, precision: str, cpu: str | None = None) -> None:

@@ -228,3 +228,22 @@ def test_predict_runs_a_torch_data_aware_folder_routing_by_modality_and_dimensio
     assert run["groups"] == {"CT3D": ["CT@3D"], "CT2D": ["CT@2D"], "US": ["US"]} and run["fallback"] == "general"
     assert set(run["served"]) == {"CT3D", "CT2D", "US", "general"}
     assert all(s == {"backend": "torch", "precision": "f32", "threads": s["threads"]} for s in run["served"].values())
+
+
+def test_predict_picks_the_decoder_per_image_by_default_and_records_it(exported, tmp_path) -> None:
+    """No --decoder: "auto" runs the factorised decoder on the 6-box image only, with --decoder dense's label maps."""
+    cases = _cases(tmp_path / "in", ("2DBox_a.npz", "3DBox_c.npz"))
+    image = np.random.default_rng(1).integers(0, 255, (48, 52, 3), dtype=np.uint8)
+    np.savez(cases / "2DBox_many.npz", imgs=image, boxes=np.array([[2 + 4 * i, 3, 20 + 4 * i, 30] for i in range(6)]))
+    auto = cli("-i", cases, "-o", tmp_path / "auto", "--model", exported)
+    dense = cli("-i", cases, "-o", tmp_path / "dense", "--model", exported, "--decoder", "dense")
+    assert auto.returncode == 0 and dense.returncode == 0, auto.stderr[-3000:] + dense.stderr[-3000:]
+    segs, expected = _segs(tmp_path / "auto"), _segs(tmp_path / "dense")
+    assert sorted(segs) == ["2DBox_a.npz", "2DBox_many.npz", "3DBox_c.npz"]
+    for name in segs:
+        np.testing.assert_array_equal(segs[name], expected[name], err_msg=name)
+    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    # one 2-box image and four slices of at most 2 boxes dense; the 6-box image factorised
+    assert (run["decoder"], run["factorised_from"], run["decoded"]) == ("auto", 4, {"dense": 5, "factorised": 1})
+    run = json.loads((tmp_path / "dense" / "run.json").read_text())
+    assert (run["decoder"], run["factorised_from"], run["decoded"]) == ("dense", None, {"dense": 6})
