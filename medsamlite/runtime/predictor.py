@@ -150,7 +150,8 @@ class Predictor:
     precision: "f32" or "bf16", used only when wrapping a torch model; decoder: "dense", "factorised" or "auto",
     chosen when wrapping a torch model and otherwise when the engine was opened (`load(..., decoder=)`). An
     "auto" engine's decoder is picked per image, or per 3D slice from the boxes decoded on it over the whole
-    propagation (its prepared tensors serve every step); `decoded` counts the images and slices each decoder ran.
+    propagation (its prepared tensors serve every step); `decoded` counts, per decoder, the images and slices
+    it ran on (a 3D slice encoded twice, when the slice cache was full, counts twice).
     """
 
     def __init__(self, model: Any, chunk_size: int = 64, overlap: str = "order", cache_slices: int = 64,
