@@ -159,3 +159,28 @@ def test_a_threshold_measured_into_an_exported_folder_is_what_load_runs(cache_di
         decoders.measure_folder(dense_only)
     with load(dense_only, decoder="auto") as engine:  # an entry holding one decoder: auto runs it
         assert engine.decoders == ["dense"] and engine.decoder_for(100) == "dense"
+
+
+def test_export_measure_decoders_records_the_threshold(cache_dir: Path, tmp_path: Path, capsys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`medsamlite export --measure-decoders` (the timing itself faked: it is the lead's to run on an idle CPU)."""
+    import argparse
+
+    from medsamlite.cli import export as cli
+    from medsamlite.runtime import decoders
+    from medsamlite.runtime.precision import cpu_name
+
+    checkpoint = tmp_path / "weights.pth"
+    torch.save(torch_model("repvit_m0_6_medsam").state_dict(), checkpoint)
+    monkeypatch.setattr(decoders, "measure_threshold", lambda engine: 3)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "repvit_m0_6_medsam", "--checkpoint", str(checkpoint), "--backend",
+                              "onnxruntime", "--cache-dir", str(cache_dir), "--measure-decoders", "-o",
+                              str(tmp_path / "out")])
+    assert cli.run(args) == 0
+    assert "the factorised decoder from 3 boxes per image on this CPU" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert meta["factorised_from"] == {cpu_name(): {"f32": 3}}
+    with load(tmp_path / "out", decoder="auto") as engine:
+        assert engine.factorised_from == 3
