@@ -88,7 +88,7 @@ def test_a_dense_engine_refuses_prepare_and_an_old_folder_refuses_factorised(cac
     (old / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"holds the decoders \['dense'\], not 'factorised'"):
         load(old, decoder="factorised")
-    with pytest.raises(ValueError, match="expected one of dense, factorised"):
+    with pytest.raises(ValueError, match="expected one of auto, dense, factorised"):
         load(old, decoder="sparse")
     load(old).close()  # dense still opens
 
