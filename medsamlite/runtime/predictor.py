@@ -315,7 +315,8 @@ class Predictor:
         """Decode prompts (M, 4) on `_decoder_input`'s output in chunks; yield (first index, logits, masks)
         per postprocessing batch."""
         post = max(1, _POST_BYTES // (4 * original[0] * original[1]))
-        # an "auto" engine's `decode` picks again per call; the choice for this image or slice is made
+        # the decoder was picked for the whole image or slice (`_decoder_input`): an "auto" engine's own
+        # `decode` would pick again for each chunk
         decode = (self.engine.decode_prepared if isinstance(source, Mapping)
                   else getattr(self.engine, "decode_dense", self.engine.decode))
         for start in range(0, len(prompts), self.chunk_size):
