@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .constants import DECODERS, TORCH_PRECISIONS
+from .constants import TORCH_PRECISIONS
+from .runtime.decoders import AUTO, DEFAULT_FACTORISED_FROM, check_mode, pick
 from .runtime.engine import Closable, check_embedding, no_boxes
 
 # boxes per factorised decoder call: larger batches add little per box and hold ~12 MB of activations per box
@@ -26,7 +27,9 @@ class TorchEngine(Closable):
     model being trained on a GPU can be validated with the same `Predictor`. `precision="bf16"` runs the
     image encoder under bfloat16 autocast (the decoder stays f32: it is cheap and its logits decide the masks).
     `decoder="factorised"` prepares each image's box-independent decoder tensors once (`prepare`, or once
-    per `decode` call) and decodes its boxes in batches of `FACTORISED_BATCH` (`decode_prepared`). `close()` only marks it closed: the model is the caller's.
+    per `decode` call) and decodes its boxes in batches of `FACTORISED_BATCH` (`decode_prepared`); `decoder="auto"`
+    runs the factorised decoder from `factorised_from` boxes on an image (`decoder_for`) and the dense one below.
+    `close()` only marks it closed: the model is the caller's.
     """
 
     backend = "torch"
@@ -34,14 +37,19 @@ class TorchEngine(Closable):
     def __init__(self, model: nn.Module, precision: str = "f32", decoder: str = "dense") -> None:
         if precision not in TORCH_PRECISIONS:
             raise ValueError(f"precision {precision!r}; expected one of {TORCH_PRECISIONS}")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+        check_mode(decoder)
         if not callable(getattr(model, "encode", None)) or not callable(getattr(model, "decode", None)):
             raise TypeError(f"{type(model).__name__} has no encode/decode: expected a medsamlite SamLite")
         self.model = model  # the caller's: each call runs it in eval mode and leaves its modes as they were
         self.config = model.config
         self.precision = precision
         self.decoder = decoder
+        # a torch model records no threshold: the default (runtime.decoders)
+        self.factorised_from = DEFAULT_FACTORISED_FROM
+
+    def decoder_for(self, boxes: int) -> str:
+        """The decoder this engine runs on an image or slice of `boxes` boxes."""
+        return pick(boxes, self.factorised_from) if self.decoder == AUTO else self.decoder
 
     @property
     def threads(self) -> int:
@@ -78,8 +86,17 @@ class TorchEngine(Closable):
         """
         self._check_open()
         check_embedding(self.config, embedding)
-        if self.decoder == "factorised" and masks is None:
+        count = np.size(boxes) // 4 if boxes is not None else len(points) if points is not None else 0
+        if masks is None and self.decoder_for(count) == "factorised":
             return self.decode_prepared(self.prepare(embedding), boxes, points, labels)
+        return self.decode_dense(embedding, boxes, points, labels, masks)
+
+    def decode_dense(self, embedding: np.ndarray, boxes: np.ndarray | None, points: np.ndarray | None = None,
+                     labels: np.ndarray | None = None, masks: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """`decode` on SAM's dense decoder whatever the prompt count."""
+        self._check_open()
+        check_embedding(self.config, embedding)
         emb = self._tensor(embedding)
         prompts = self._prompts(boxes, points, labels, masks)
         if prompts is None:

@@ -102,3 +102,52 @@ def write_dicom_series(folder, volume: np.ndarray, spacing=(0.8, 0.7), step: flo
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return files
+
+
+def compiled_meta(decoders=("dense", "factorised"), precision: str = "f32", **extra) -> dict:
+    """The config.json of a compiled folder of `BoxEngine`'s model that holds `decoders`."""
+    return {"config": ModelConfig(name="box", encoder="none", input_size=256).to_dict(), "precision": precision,
+            "decoders": list(decoders), "prepared": [["embedding", [1, 256, 64, 64]]], "factorised_boxes": 8,
+            **extra}
+
+
+def graph_engine(path, meta: dict, decoder: str = "auto"):
+    """A `CompiledSam` whose graphs are `BoxEngine`'s numpy functions: the compiled runtimes' control flow (lazy
+    graphs, the decoder pick, padded factorised batches) without a runtime. `calls` counts calls per graph."""
+    from collections import Counter
+
+    from medsamlite.runtime.compiled import CompiledSam
+
+    box = BoxEngine()
+
+    class GraphEngine(CompiledSam):
+        backend = "fake"
+
+        def __init__(self) -> None:
+            super().__init__(path, meta, decoder)
+            self.calls: Counter = Counter()
+            self._graph("encoder")
+
+        def _open_graph(self, name: str):
+            functions = {"encoder": box.encode, "decoder": box.decode, "prepare": lambda e: {"embedding": e.copy()},
+                         "factorised": lambda prepared, boxes: box.decode(prepared[0], boxes)}
+            return functions[name]
+
+        def _call(self, name: str, *inputs):
+            self.calls[name] += 1
+            return self._graph(name)(*inputs)
+
+        def _encode_one(self, image):
+            return self._call("encoder", image)
+
+        def _decode_one(self, embedding, boxes):
+            return self._call("decoder", embedding, boxes)
+
+        def _prepare(self, embedding):
+            return self._call("prepare", embedding)
+
+        def _decode_batch(self, prepared, boxes):
+            assert len(boxes) == self.factorised_boxes
+            return self._call("factorised", prepared, boxes)
+
+    return GraphEngine()

@@ -251,13 +251,14 @@ def run_bench(config: BenchConfig, progress: Any = None) -> BenchResult:
 
 def compile_targets(runs: list[tuple[str, str, str]]) -> dict[str, tuple[list[str], str | None]]:
     """What the main job opens on the speed backend: {model: (precisions, decoder)}; the encoder alone for
-    the speed chart unless a run opens the model's dense entry anyway."""
+    the speed chart unless a run opens the model's entry anyway (decoder "auto", as `medsamlite.open` opens it
+    in the worker, so that no run compiles)."""
     from ..registry import list_models
 
     targets: dict[str, tuple[list[str], str | None]] = {}
     for name in list_models():
         precisions = [p for m, b, p in runs if m == name and b == SPEED_BACKEND]
-        targets[name] = (precisions, "dense") if precisions else ([SPEED_PRECISION], None)
+        targets[name] = (precisions, "auto") if precisions else ([SPEED_PRECISION], None)
     return targets
 
 
@@ -298,7 +299,7 @@ def fill_cache(targets: dict[str, tuple[list[str], str | None]], progress: Any =
 def encoder_speeds(config: BenchConfig, targets: dict[str, tuple[list[str], str | None]],
                    compiled: dict[str, Compiled], progress: Any = None) -> list[dict[str, Any]]:
     """Median `encode` seconds of every registered encoder on OpenVINO f32, opened from the folders
-    `fill_cache` compiled for `targets` (the encoder alone, or the main model's dense entry)."""
+    `fill_cache` compiled for `targets` (the encoder alone, or the main model's entry)."""
     from ..runtime.compiled import load
     from .latency import encode_medians
 

@@ -161,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"))
     parser.add_argument("--threads", type=int)
     parser.add_argument("--encode-batch", type=int, help="passed to predict (3D slices per encoder call)")
-    parser.add_argument("--decoder", choices=("dense", "factorised"), help="passed to predict")
+    parser.add_argument("--decoder", choices=("auto", "dense", "factorised"), help="passed to predict (default auto)")
     parser.add_argument("--large", action="store_true", help="add the three large shapes (minutes on torch)")
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case (the median is tabled)")
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     shapes = [s for s in SHAPES + (LARGE if args.large else ()) if not args.only or s.name in args.only]
     header = machine_header()
     tag = (f"{Path(args.model).name}, backend {args.backend or 'default'}, precision {args.precision or 'default'}, "
-           f"decoder {args.decoder or 'dense'}")
+           f"decoder {args.decoder or 'auto'}")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="case_shapes_") as folder:
         tmp = Path(folder)
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             for r in range(args.repeats):
                 result = run_once(args, cases[shape], tmp / f"{shape.name}_{r}", shape.decodes)
                 rows.append({"model": args.model, "backend": args.backend or "default",
-                             "precision": args.precision or "default", "decoder": args.decoder or "dense",
+                             "precision": args.precision or "default", "decoder": args.decoder or "auto",
                              "case": shape.name, "shape": shape.label,
                              "run": r, **result})
                 print(f"{shape.label}: {result['wall_s']:.2f} s", file=sys.stderr)

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int8 only: a task .npz case or a folder of them (2D images, middle 3D slices)")
     parser.add_argument("--calibration-size", type=int, default=32, help="int8 only: images used at most")
     parser.add_argument("--cache-dir", type=Path, help="compile cache (default $MEDSAMLITE_CACHE or ~/.cache)")
+    parser.add_argument("--measure-decoders", action="store_true",
+                        help="time both decoders on this CPU and record from how many boxes `--decoder auto` runs "
+                             "the factorised one (config.json `factorised_from`; run it on an idle machine)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="new folder to write")
 
 
@@ -74,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     print(f"exported {name} ({args.backend}, {args.precision}) to {directory}")
+    if getattr(args, "measure_decoders", False):
+        from ..runtime.decoders import measure_folder
+
+        threshold = measure_folder(directory)
+        print(f"measured: the factorised decoder from {threshold} boxes per image on this CPU (recorded in "
+              f"{directory / 'config.json'})")
     return 0
 
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..constants import BACKENDS, DECODERS, PHASES, find_cases
+from ..constants import BACKENDS, PHASES, find_cases
+from ..runtime.decoders import AUTO, DECODER_MODES
 from ..runtime.files import atomic_file, remove_orphans
 from .errors import SetupError, one_line, writable_folder
 
@@ -71,9 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"), default=None,
                         help="default: f32 (exact), or what an exported folder was exported with; bf16; "
                              "auto: bf16 where the CPU has it natively (torch), the runtime's default otherwise")
-    parser.add_argument("--decoder", choices=DECODERS, default="dense",
-                        help="dense: SAM's decoder per box (default); factorised: the same logits to rounding, the "
-                             "box-independent part once per image or slice, boxes in batches")
+    parser.add_argument("--decoder", choices=DECODER_MODES, default=AUTO,
+                        help="auto (default): per image or slice, factorised from a threshold of boxes on (recorded "
+                             "per CPU and precision in an exported folder, else 4), dense below; dense: SAM's decoder "
+                             "per box; factorised: the same logits to rounding, the box-independent part once per "
+                             "image or slice, boxes in batches")
     parser.add_argument("--chunk-size", type=int, default=64, help="most boxes per decoder call")
     parser.add_argument("--encode-batch", type=int, default=4,
                         help="3D: most distinct slices per encoder call, run in parallel OpenVINO streams (1: one "
@@ -89,7 +92,7 @@ def load_engine(args: argparse.Namespace) -> Any:
     """The engine `args` ask for (through `medsamlite.open`); failures are one-line `SetupError`s."""
     from ..engines import open as open_model
 
-    decoder = getattr(args, "decoder", "dense")
+    decoder = getattr(args, "decoder", AUTO)
     try:
         return open_model(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                           checkpoint=args.checkpoint, pretrained=True if args.pretrained else None,
@@ -229,15 +232,19 @@ def open_timings(path: Path, append: bool) -> Any:
 
 
 def engine_summary(predictor: Any, requested_precision: str | None) -> dict[str, Any]:
-    """run.json's account of what ran: engine kind ("openvino", "torch", "routed", ...), precision, threads, groups."""
+    """run.json's account of what ran: engine kind ("openvino", "torch", "routed", ...), precision, threads, groups;
+    for one engine also its decoder's threshold (`factorised_from`, "auto" only) and how many images or slices
+    each decoder ran (`decoded`)."""
     from ..runtime.engine import describe
     from ..runtime.routed import RoutedPredictor
 
     if not isinstance(predictor, RoutedPredictor):
         engine = describe(predictor.engine)
+        auto = getattr(predictor.engine, "decoder", None) == AUTO
+        threshold = getattr(predictor.engine, "factorised_from", None) if auto else None
         return {"engine": engine["backend"], "model_name": predictor.engine.config.name,
                 "precision": engine["precision"] or requested_precision, "runtime_threads": engine["threads"],
-                "groups": None}
+                "groups": None, "factorised_from": threshold, "decoded": dict(sorted(predictor.decoded.items()))}
     served = predictor.served
     precisions = sorted({str(s["precision"]) for s in served.values()})
     # nothing loaded (every case skipped): the precision asked for; else what the groups' engines ran at
@@ -326,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
     interrupted = stop.requested and finished < len(cases)
     total = time.perf_counter() - start
     summary = {"model": str(args.model), **engine_summary(predictor, args.precision),
-               "threads": args.threads, "overlap": args.overlap, "load_seconds": round(load_seconds, 4),
+               "threads": args.threads, "decoder": getattr(args, "decoder", AUTO), "overlap": args.overlap, "load_seconds": round(load_seconds, 4),
                "run_seconds": round(total, 4), "cases": len(cases), "done": counts["ok"],
                "failed": counts["error"], "skipped": counts["skipped"], "interrupted": interrupted}
     with atomic_file(args.output / RUN_FILE) as out:

@@ -19,17 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..constants import CONFIG_FILE
+from ..runtime.compile_cache import default_cache_dir, digest  # noqa: F401 (the cache's torch-free side)
 from ..runtime.files import chmod_per_umask, file_digest, file_digests
-
-ENV_CACHE = "MEDSAMLITE_CACHE"
-
-
-def default_cache_dir() -> Path:
-    """`$MEDSAMLITE_CACHE`, else `$XDG_CACHE_HOME/medsamlite`, else `~/.cache/medsamlite`."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "medsamlite"
 
 
 def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
@@ -50,11 +41,6 @@ def source_digest(classes: Iterable[type]) -> str:
     """Digest of the contents (not paths) of the source files defining `classes`: graphs change with their code."""
     files = sorted({f for f in (inspect.getsourcefile(c) for c in classes) if f})
     return digest({"sources": [file_digest(Path(f)) for f in files]})
-
-
-def digest(parts: Mapping[str, Any]) -> str:
-    """A short stable key (sha256 prefix) of JSON-serialisable parts."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def entry_ready(path: Path) -> bool:

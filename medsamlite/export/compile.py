@@ -23,6 +23,7 @@ import numpy as np
 
 from ..constants import CONFIG_FILE, DECODERS, FORMAT_COMPILED, PRECISIONS, RUNTIME_BACKENDS, __version__
 from ..runtime.compiled import CompiledSam, decoder_graphs, load, read_meta
+from ..runtime.decoders import check_mode, entry_decoders
 from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
 from . import convert
@@ -210,12 +211,13 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
     "int8" (NNCF quantisation of the encoder; needs `calibration`, a list of preprocessed images),
     "auto" (the runtime's own default, reported back in `.precision`). `on_compile(message)` is called
     before a model that is not in the cache yet is compiled. `decoder`: "dense" or "factorised", the one
-    the returned engine runs, or None (the encoder alone); `decoders`: those the entry holds (default: just
-    `decoder`; `export` asks for every one).
+    the returned engine runs, "auto" (both, picked per image from the box count) or None (the encoder alone);
+    `decoders`: those the entry holds (default: `entry_decoders(decoder)`; `export` asks for every one).
     """
     _check_backend(backend)
-    decoders = tuple(decoders if decoders is not None else [decoder] if decoder else [])
-    if decoder is not None and decoder not in decoders or not set(decoders) <= set(DECODERS):
+    check_mode(decoder, allow_none=True)
+    decoders = tuple(decoders if decoders is not None else entry_decoders(decoder))
+    if not set(entry_decoders(decoder)) <= set(decoders) or not set(decoders) <= set(DECODERS):
         raise ValueError(f"decoder {decoder!r} with decoders {list(decoders)}: expected decoders among "
                          f"{', '.join(DECODERS)}, holding the decoder run")
     check_precision(precision)

@@ -11,13 +11,9 @@ ENCODER_ONNX = "encoder.onnx"
 
 def version(backend: str) -> str:
     """The installed version of a backend's runtime."""
-    if backend == "openvino":
-        import openvino as ov
+    from ..runtime.compile_cache import runtime_version
 
-        return ov.get_version()
-    import onnxruntime as ort
-
-    return ort.__version__
+    return runtime_version(backend)
 
 
 def convert(backend: str, onnx_dir: Path, dest: Path, decoder_graphs: list[str], precision: str,

@@ -5,13 +5,17 @@ graphs of its decoders (dense: the prompt encoder + mask decoder; factorised: it
 `factorised` graphs; an export holds both, a cache entry the one it was compiled for), plus
 `config.json`, which says what it is: the `ModelConfig`, backend, precision, cache key, the decoders
 it has (`decoders`), the prepared tensors' names and shapes in graph order (`prepared`), the factorised graph's static box count
-(`factorised_boxes`), the versions that built it and the digest of every file, checked by `load` before a
-runtime reads them. A runtime compiles only the graphs of the decoder it is opened with.
+(`factorised_boxes`), the threshold from which "auto" picks the factorised decoder per CPU and precision
+where export measured it (`factorised_from`, see `decoders`), the versions that built it and the digest of
+every file. `load` checks the files of the graphs the engine may run against their digests (not those of a
+decoder it does not hold); the runtime opens the encoder at once and each decoder graph on its first use, so
+an "auto" engine that never decodes many boxes never compiles the factorised graphs.
 """
 from __future__ import annotations
 
 import importlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +24,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..constants import CONFIG_FILE, DECODERS, FORMAT_COMPILED
 from ..extras import require
+from .decoders import AUTO, check_mode, factorised_from, pick
 from .engine import Closable, check_embedding, no_boxes
 from .files import check_recorded
 from .precision import check_precision
@@ -35,6 +40,15 @@ def decoder_graphs(decoders: Sequence[str]) -> list[str]:
     return [graph for decoder in decoders for graph in DECODER_GRAPHS[decoder]]
 
 
+def engine_decoders(decoder: str | None, meta: dict[str, Any]) -> list[str]:
+    """The decoders an engine opened with `decoder` holds: "auto" those of the folder (an older export or a
+    cache entry may hold one), "dense"/"factorised" that one, None none."""
+    if decoder == AUTO:
+        held = meta.get("decoders", ["dense"])
+        return [d for d in DECODERS if d in held]
+    return [decoder] if decoder else []
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The `config.json` of a compiled folder or cache entry, with an error naming the file."""
     file = Path(path) / CONFIG_FILE
@@ -45,12 +59,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 class CompiledSam(Closable):
-    """A `SamLite` on a CPU runtime, with the predictor's engine protocol (`encode`, `decode`; with
-    `decoder="factorised"` also `prepare`, `decode_prepared`).
+    """A `SamLite` on a CPU runtime, with the predictor's engine protocol (`encode`, `decode`; with the
+    factorised decoder also `prepare`, `decode_prepared`).
 
-    `precision` is what the runtime actually runs at, read back from it; `requested_precision` is
-    what was asked for. Outputs are fresh arrays the caller may keep. `close()` (or leaving
-    `with load(folder) as engine:`) releases the runtime's compiled graphs.
+    `decoder`: "dense", "factorised", "auto" (both, picked per call from the box count: `decoder_for`) or
+    None (the encoder alone). `precision` is what the runtime actually runs at, read back from it;
+    `requested_precision` is what was asked for. Outputs are fresh arrays the caller may keep. `close()`
+    (or leaving `with load(folder) as engine:`) releases the runtime's compiled graphs.
     """
 
     backend: str = ""
@@ -59,16 +74,33 @@ class CompiledSam(Closable):
         self.path = path
         self.meta = meta
         self.decoder = decoder
+        self.decoders = engine_decoders(decoder, meta)
         self.prepared_names = [name for name, _ in meta.get("prepared", [])]
         self.factorised_boxes = int(meta.get("factorised_boxes", 0))
         self.config = ModelConfig.from_dict(meta["config"])
         self.requested_precision = meta["precision"]
         self.precision = meta["precision"]
         self.loaded_from_cache = False
+        self._graphs: dict[str, Any] = {}
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, 3, self.config.input_size, self.config.input_size)
+
+    @cached_property
+    def factorised_from(self) -> int:
+        """Boxes from which "auto" runs the factorised decoder: recorded for this CPU and precision, else 4."""
+        return factorised_from(self.meta, self.precision)
+
+    def decoder_for(self, boxes: int) -> str:
+        """The decoder this engine runs on an image or slice of `boxes` boxes."""
+        if len(self.decoders) == len(DECODERS):
+            return pick(boxes, self.factorised_from)
+        return self.decoders[0] if self.decoders else "dense"
+
+    def opened(self) -> list[str]:
+        """The graphs the runtime has opened so far, in the order they were opened."""
+        return list(self._graphs)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed images (B, 3, S, S) float32 to embeddings (B, 256, 64, 64), one graph call per image."""
@@ -86,19 +118,33 @@ class CompiledSam(Closable):
         return np.concatenate([self._encode_one(images[i:i + 1]) for i in range(images.shape[0])])
 
     def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One embedding (1, 256, 64, 64) and boxes (N, 4) in the S frame to logits (N, 1, 256, 256), IoU (N, 1)."""
+        """One embedding (1, 256, 64, 64) and boxes (N, 4) in the S frame to logits (N, 1, 256, 256), IoU (N, 1),
+        on the decoder `decoder_for(N)` picks."""
+        embedding, boxes = self._decoder_inputs(embedding, boxes)
+        if boxes.shape[0] == 0:
+            return no_boxes(self.config)
+        if self.decoder_for(boxes.shape[0]) == "factorised":
+            return self.decode_prepared(self._prepare(embedding), boxes)
+        return self._decode(embedding, boxes)
+
+    def decode_dense(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`decode` on the dense decoder whatever the box count (an engine that holds it)."""
+        embedding, boxes = self._decoder_inputs(embedding, boxes)
+        if "dense" not in self.decoders:
+            raise RuntimeError(f"{self.path}: opened with decoder {self.decoder!r}, which holds no dense decoder; "
+                               "decode_dense needs load(..., decoder='dense' or 'auto')")
+        return self._decode(embedding, boxes) if boxes.shape[0] else no_boxes(self.config)
+
+    def _decoder_inputs(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One checked embedding and boxes (N, 4), contiguous float32."""
         self._check_open()
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         boxes = np.ascontiguousarray(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
         check_embedding(self.config, embedding)
         if self.decoder is None:
             raise RuntimeError(f"{self.path}: opened with decoder=None (the encoder alone); decode needs "
-                               "load(..., decoder='dense' or 'factorised')")
-        if boxes.shape[0] == 0:
-            return no_boxes(self.config)
-        if self.decoder == "factorised":
-            return self.decode_prepared(self._prepare(embedding), boxes)
-        return self._decode(embedding, boxes)
+                               "load(..., decoder='auto', 'dense' or 'factorised')")
+        return embedding, boxes
 
     def prepare(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
         """One embedding (1, 256, 64, 64) to the factorised decoder's per-image tensors (by name, fresh arrays)."""
@@ -128,13 +174,29 @@ class CompiledSam(Closable):
 
     def _check_factorised(self) -> None:
         self._check_open()
-        if self.decoder != "factorised":
+        if "factorised" not in self.decoders:
             raise RuntimeError(f"{self.path}: opened with decoder {self.decoder!r}; prepare/decode_prepared need "
-                               "load(..., decoder='factorised')")
+                               "load(..., decoder='factorised' or 'auto') on a folder that holds it")
 
     def graphs(self) -> list[str]:
-        """The graphs this engine compiles: the encoder and those of its decoder."""
-        return ["encoder", *decoder_graphs([self.decoder] if self.decoder else [])]
+        """The graphs this engine may open: the encoder and those of its decoders."""
+        return ["encoder", *decoder_graphs(self.decoders)]
+
+    def _graph(self, name: str) -> Any:
+        """The runtime's object for graph `name` (`_open_graph`), opened on first use."""
+        if name not in self._graphs:
+            self._check_open()
+            if name not in self.graphs():
+                raise RuntimeError(f"{self.path}: graph {name!r} is not among this engine's {self.graphs()}")
+            self._graphs[name] = self._open_graph(name)
+        return self._graphs[name]
+
+    def _open_graph(self, name: str) -> Any:
+        """Compile (or load from the runtime's cache) one graph of the folder."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        self._graphs = {}
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -164,20 +226,21 @@ def load(path: str | Path, backend: str | None = None, precision: str | None = N
     """Open a compiled folder on its runtime; `precision`/`threads` override what it was exported with.
 
     decoder: "dense" (SAM's, one graph call per box), "factorised" (per-image `prepare` graph, then
-    batches of boxes; the same logits to rounding) or None (the encoder alone: `encode` only).
+    batches of boxes; the same logits to rounding), "auto" (both, each opened on first use, picked per image
+    or slice from its box count; a folder holding one decoder runs it) or None (the encoder alone: `encode`).
     """
     path = Path(path)
-    if decoder is not None and decoder not in DECODERS:
-        raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)} or None")
+    check_mode(decoder, allow_none=True)
     meta = read_meta(path)
     if meta.get("format") != FORMAT_COMPILED:
         raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT_COMPILED!r} "
                          "(a folder written by `medsamlite export` or `medsamlite.export.compile`)")
-    # only the files this engine opens: the other decoder's graphs would add 26 MB of hashing to every cold start
-    unused = set(decoder_graphs([d for d in DECODER_GRAPHS if d != decoder]))
+    # only the files this engine may open: a decoder it does not hold would add 26 MB of hashing to a cold start
+    unused = set(decoder_graphs([d for d in DECODERS if d not in engine_decoders(decoder, meta)]))
     check_recorded(path, meta, skip=lambda name: Path(name).stem in unused)
-    if decoder is not None and decoder not in meta.get("decoders", ["dense"]):
-        raise ValueError(f"{path}: holds the decoders {meta.get('decoders', ['dense'])}, not {decoder!r}; export "
+    held = meta.get("decoders", ["dense"])
+    if decoder == AUTO and not held or decoder not in (None, AUTO) and decoder not in held:
+        raise ValueError(f"{path}: holds the decoders {held}, not {decoder!r}; export "
                          f"it again (an export holds every decoder), or open it with one of those")
     stored = meta["backend"]
     if backend is not None and backend != stored:

@@ -27,7 +27,8 @@ def _session(path: Path, threads: int | None) -> ort.InferenceSession:
 
 
 class OnnxRuntimeSam(CompiledSam):
-    """Encoder and decoder (dense, or prepare + factorised) as ONNX Runtime CPU sessions."""
+    """Encoder and decoders (dense, prepare + factorised) as ONNX Runtime CPU sessions, each decoder graph's
+    session made on its first use."""
 
     backend = "onnxruntime"
 
@@ -37,11 +38,13 @@ class OnnxRuntimeSam(CompiledSam):
             fallback_warning("bf16", "f32", "ONNX Runtime's CPU provider computes in f32")
         self.precision = "int8" if self.requested_precision == "int8" else "f32"
         self.threads = threads
-        files = meta["files"]
-        self._sessions = {graph: _session(path / files[graph], threads) for graph in self.graphs()}
+        self._graph("encoder")
+
+    def _open_graph(self, name: str) -> ort.InferenceSession:
+        return _session(self.path / self.meta["files"][name], self.threads)
 
     def _run(self, graph: str, *inputs: np.ndarray) -> list[np.ndarray]:
-        session = self._sessions[graph]
+        session = self._graph(graph)
         return session.run(None, {i.name: x for i, x in zip(session.get_inputs(), inputs)})
 
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
@@ -57,10 +60,6 @@ class OnnxRuntimeSam(CompiledSam):
     def _decode_batch(self, prepared: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, iou = self._run("factorised", *prepared, boxes)
         return logits, iou
-
-
-    def _release(self) -> None:
-        self._sessions = {}
 
 
 def open_compiled(path: Path, meta: dict[str, Any], threads: int | None, decoder: str | None = "dense") -> OnnxRuntimeSam:

@@ -63,7 +63,8 @@ def _runs_int8(compiled: ov.CompiledModel) -> bool:
 
 
 class OpenVINOSam(CompiledSam):
-    """Encoder and decoder (dense, or prepare + factorised) compiled by OpenVINO's CPU plugin."""
+    """Encoder and decoders (dense, prepare + factorised) compiled by OpenVINO's CPU plugin, each decoder graph
+    on its first use."""
 
     backend = "openvino"
 
@@ -78,21 +79,25 @@ class OpenVINOSam(CompiledSam):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if os.access(path, os.W_OK):
             config["CACHE_DIR"] = str(path / "ov_cache" / (hint or "auto"))
-        files = meta["files"]
         self._core, self._config = core, config
-        compiled = {graph: core.compile_model(str(path / files[graph]), DEVICE, config) for graph in self.graphs()}
-        self._encoder = compiled["encoder"]
+        self._encoder = self._compile("encoder")
         self._encode_queue: ov.AsyncInferQueue | None = None
-        # one infer request per graph: encoder, then "decoder" or "prepare" and "factorised"
-        self._requests = {graph: model.create_infer_request() for graph, model in compiled.items()}
+        # one infer request per graph: the encoder's now, each decoder graph's on its first use
+        self._graphs["encoder"] = self._encoder.create_infer_request()
         runs = self._encoder.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.precision = "int8" if _runs_int8(self._encoder) else _TYPE_NAMES.get(runs, runs)
         self.loaded_from_cache = bool(self._encoder.get_property("LOADED_FROM_CACHE"))
         self.threads = int(self._encoder.get_property("INFERENCE_NUM_THREADS"))
 
+    def _compile(self, graph: str) -> ov.CompiledModel:
+        return self._core.compile_model(str(self.path / self.meta["files"][graph]), DEVICE, self._config)
+
+    def _open_graph(self, name: str) -> ov.InferRequest:
+        return self._compile(name).create_infer_request()
+
     def _encode_one(self, image: np.ndarray) -> np.ndarray:
         # share_outputs=False: the request reuses its output buffer, so results are copied out
-        return self._requests["encoder"].infer({0: image}, share_inputs=True, share_outputs=False)[0]
+        return self._graph("encoder").infer({0: image}, share_inputs=True, share_outputs=False)[0]
 
     def _encode_many(self, images: np.ndarray) -> np.ndarray:
         """Images in parallel streams of one thread each, in full rounds of the streams; the rest (and all of
@@ -119,21 +124,21 @@ class OpenVINOSam(CompiledSam):
         return np.concatenate(outputs + rest)
 
     def _decode_one(self, embedding: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._requests["decoder"].infer({0: embedding, 1: box}, share_inputs=True, share_outputs=False)
+        out = self._graph("decoder").infer({0: embedding, 1: box}, share_inputs=True, share_outputs=False)
         return out[0], out[1]
 
     def _prepare(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
-        out = self._requests["prepare"].infer({0: embedding}, share_inputs=True, share_outputs=False)
+        out = self._graph("prepare").infer({0: embedding}, share_inputs=True, share_outputs=False)
         return {name: out[i] for i, name in enumerate(self.prepared_names)}
 
     def _decode_batch(self, prepared: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = dict(enumerate([*prepared, boxes]))
-        out = self._requests["factorised"].infer(inputs, share_inputs=True, share_outputs=False)
+        out = self._graph("factorised").infer(inputs, share_inputs=True, share_outputs=False)
         return out[0], out[1]
 
     def _release(self) -> None:
         """Drop the requests and compiled models (the shared Core stays: see the module docstring)."""
-        self._requests, self._encode_queue, self._encoder = {}, None, None
+        self._graphs, self._encode_queue, self._encoder = {}, None, None
 
     def _throughput_encoder(self) -> ov.AsyncInferQueue:
         """The encoder compiled for throughput: on first use, from the model cache after that."""

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from .preprocess import (box_from_mask, masks_from_logits, pad_bottom_right, postprocess_logits,
                           preprocess_image, resize_longest_side, resized_shape, scale_boxes)
+from .decoders import decoder_for
 from .engine import as_engine, takes_clicks
 from .npz import CaseError, check_case, label_dtype, read_case, write_segs
 from .overlay import write_overlay
@@ -146,8 +147,11 @@ class Predictor:
     or, with the factorised decoder, its prepared tensors (about 26 MiB for SAM's decoder), at most
     `cache_slices` slices and `cache_mb` MiB at once (256 MiB: 64 embeddings, or 9 prepared slices).
     encode_batch: most slices per encoder call in 3D; OpenVINO runs a call's slices in parallel streams.
-    precision: "f32" or "bf16", used only when wrapping a torch model; decoder: "dense" or "factorised",
-    chosen when wrapping a torch model and otherwise when the engine was opened (`load(..., decoder=)`).
+    precision: "f32" or "bf16", used only when wrapping a torch model; decoder: "dense", "factorised" or "auto",
+    chosen when wrapping a torch model and otherwise when the engine was opened (`load(..., decoder=)`). An
+    "auto" engine's decoder is picked per image, or per 3D slice from the boxes decoded on it over the whole
+    propagation (its prepared tensors serve every step); `decoded` counts, per decoder, the images and slices
+    it ran on (a 3D slice encoded twice, when the slice cache was full, counts twice).
     """
 
     def __init__(self, model: Any, chunk_size: int = 64, overlap: str = "order", cache_slices: int = 64,
@@ -161,7 +165,7 @@ class Predictor:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.engine = as_engine(model, precision=precision, decoder=decoder)
         self.config = self.engine.config
-        self.factorised = getattr(self.engine, "decoder", "dense") == "factorised"
+        self.decoded: Counter[str] = Counter()
         self.chunk_size, self.overlap = int(chunk_size), overlap
         self.cache_slices, self.encode_batch = int(cache_slices), int(encode_batch)
         self.cache_mb = float(cache_mb)
@@ -296,9 +300,12 @@ class Predictor:
             embeddings = np.array(self.engine.encode(images), dtype=np.float32, copy=True)
         return _finite(embeddings, "image embedding")
 
-    def _decoder_input(self, embedding: np.ndarray) -> Any:
-        """What the decoder reads for one image: its embedding, or the factorised decoder's prepared tensors."""
-        if not self.factorised:
+    def _decoder_input(self, embedding: np.ndarray, boxes: int) -> Any:
+        """What the decoder reads for one image or slice of `boxes` boxes: its embedding (dense), or the factorised
+        decoder's prepared tensors (a mapping), as the engine picks."""
+        decoder = decoder_for(self.engine, boxes)
+        self.decoded[decoder] += 1
+        if decoder == "dense":
             return embedding
         with self.timer("decode"):
             return self.engine.prepare(embedding)
@@ -308,7 +315,10 @@ class Predictor:
         """Decode prompts (M, 4) on `_decoder_input`'s output in chunks; yield (first index, logits, masks)
         per postprocessing batch."""
         post = max(1, _POST_BYTES // (4 * original[0] * original[1]))
-        decode = self.engine.decode_prepared if self.factorised else self.engine.decode
+        # the decoder was picked for the whole image or slice (`_decoder_input`): an "auto" engine's own
+        # `decode` would pick again for each chunk
+        decode = (self.engine.decode_prepared if isinstance(source, Mapping)
+                  else getattr(self.engine, "decode_dense", self.engine.decode))
         for start in range(0, len(prompts), self.chunk_size):
             with self.timer("decode"):
                 low, _ = decode(source, prompts[start:start + self.chunk_size])
@@ -425,7 +435,7 @@ class Predictor:
         with self.timer("preprocess"):
             x, resized = self._preprocess(image)
             prompts = scale_boxes(boxes, original, self.config.box_frame)
-        source = self._decoder_input(self._encode(x))
+        source = self._decoder_input(self._encode(x), len(boxes))
         best = self._best(original)
         labels = np.arange(1, len(boxes) + 1)
         for first, logits, masks in self._decode(source, prompts, resized, original):
@@ -446,9 +456,11 @@ class Predictor:
                   for label, (box, fallback) in enumerate(zip(boxes, fallbacks), start=1)]
         schedule = [self._step_groups(tracks, step) for step in range(max(t.steps for t in tracks))]
         uses: dict[int, deque[int]] = defaultdict(deque)
+        boxes_on: Counter[int] = Counter()  # slice -> boxes decoded on it over the whole propagation
         for step, groups in enumerate(schedule):
-            for z in groups:
+            for z, group in groups.items():
                 uses[z].append(step)
+                boxes_on[z] += len(group)
         cache = SliceCache(self.cache_slices, uses, budget=int(self.cache_mb * 2**20))
         best = self._best(volume.shape)
         resized = resized_shape(original, self.config.input_size)
@@ -457,7 +469,7 @@ class Predictor:
             order = sorted(groups)
             for i, z in enumerate(order):
                 if z not in cache:
-                    self._encode_slices(volume, [s for s in order[i:] if s not in cache], cache)
+                    self._encode_slices(volume, [s for s in order[i:] if s not in cache], cache, boxes_on)
                 source = cache.get(z)
                 with self.timer("preprocess"):
                     prompts = np.stack([self._prompt(tracks[t], prev) for t, prev in groups[z]])
@@ -482,14 +494,15 @@ class Predictor:
                     groups[z].append((t, prev))
         return dict(groups)
 
-    def _encode_slices(self, volume: np.ndarray, slices: list[int], cache: SliceCache) -> None:
+    def _encode_slices(self, volume: np.ndarray, slices: list[int], cache: SliceCache,
+                       boxes_on: Mapping[int, int]) -> None:
         """Encode up to `encode_batch` of the given slices in one call and add their decoder inputs to the cache."""
         batch = slices[: min(self.encode_batch, cache.slots())]
         with self.timer("preprocess"):
             inputs = [self._preprocess(volume[z]) for z in batch]
         embeddings = self._encode(np.concatenate([x for x, _ in inputs]))
         for z, embedding in zip(batch, embeddings):
-            cache.put(z, self._decoder_input(embedding[None]))
+            cache.put(z, self._decoder_input(embedding[None], boxes_on[z]))
 
     def _prompt(self, track: _Track, prev: int | None) -> np.ndarray:
         """The given box on the middle slice; else the previous mask's box widened by 3 px, or the given box."""

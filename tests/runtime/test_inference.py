@@ -289,5 +289,5 @@ def test_cli_opens_an_exported_folder_through_runtime_load_without_torch(tmp_pat
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"CODE 0 CALLS [('{exported}', {{'backend': None, 'precision': None, 'threads': 1, 'decoder': 'dense'}})] TORCH False" in out.stdout
+    assert f"CODE 0 CALLS [('{exported}', {{'backend': None, 'precision': None, 'threads': 1, 'decoder': 'auto'}})] TORCH False" in out.stdout
     assert (tmp_path / "out" / "2DBox_a.npz").exists()
