@@ -18,6 +18,7 @@ from .extras import require
 
 require("torch", "medsamlite.checkpoints")
 
+import hashlib
 import json
 import pickle
 import re
@@ -224,6 +225,23 @@ def save_model(model: nn.Module, directory: str | Path) -> Path:
     with atomic_file(directory / CONFIG_FILE) as f:
         f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
     return directory
+
+
+def state_dict_digest(tensors: Mapping[str, torch.Tensor], layout: bool = True) -> str:
+    """sha256 over every tensor's name, dtype and shape (`layout=False`: name only) and raw bytes, in name order.
+
+    The one digest of weights: compile-cache keys (`export.cache`) use the layout; the training loop's
+    rank digests and the teacher cache's key (`training.loop.weights_digest`) hash names and bytes only,
+    as they always have, so existing teacher caches keep their keys.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode() if layout else name.encode())
+        if t.numel():
+            # raw bytes, so every dtype (bf16 included, which numpy cannot hold) hashes the same way
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_config(directory: str | Path) -> ModelConfig:

@@ -32,20 +32,6 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "medsamlite"
 
 
-def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            # raw bytes, so every dtype (bf16 included, which numpy cannot hold) hashes the same way
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def source_digest(classes: Iterable[type]) -> str:
     """Digest of the contents (not paths) of the source files defining `classes`: graphs change with their code."""
     files = sorted({f for f in (inspect.getsourcefile(c) for c in classes) if f})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -31,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm.auto import tqdm
 
+from ..checkpoints import state_dict_digest
 from ..constants import TRAIN_PRECISIONS
 from ..data.samplers import ShuffleSampler, StreamSampler
 from ..runtime.files import atomic_file
@@ -135,12 +135,7 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], 
 
 def weights_digest(model: nn.Module, buffers: bool = True) -> str:
     """sha256 of a module's state (names and bytes; parameters only with `buffers=False`)."""
-    h = hashlib.sha256()
-    tensors = model.state_dict() if buffers else dict(model.named_parameters())
-    for name, tensor in sorted(tensors.items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return state_dict_digest(model.state_dict() if buffers else dict(model.named_parameters()), layout=False)
 
 
 def check_settings(precision: str, device: str) -> bool:
