@@ -90,15 +90,14 @@ def _first_line(error: BaseException) -> str:
 
 def convert_checkpoint(source: str | Path, destination: str | Path) -> Path:
     """Rewrite a trusted checkpoint (any layout, pickled modules included) as a safetensors state_dict."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     destination = Path(destination)
     if destination.suffix != ".safetensors":
         raise CheckpointError(f"{destination}: expected a .safetensors file name")
     sd, _ = unwrap(read_checkpoint(source, trust=True), str(source))
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp))
-    tmp.replace(destination)
+    with atomic_file(destination) as f:
+        f.write(save({k: v.detach().contiguous().clone() for k, v in sd.items()}))
     return destination
 
 
