@@ -18,6 +18,7 @@ from .extras import require
 
 require("torch", "medsamlite.checkpoints")
 
+import hashlib
 import json
 import pickle
 import re
@@ -89,15 +90,14 @@ def _first_line(error: BaseException) -> str:
 
 def convert_checkpoint(source: str | Path, destination: str | Path) -> Path:
     """Rewrite a trusted checkpoint (any layout, pickled modules included) as a safetensors state_dict."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     destination = Path(destination)
     if destination.suffix != ".safetensors":
         raise CheckpointError(f"{destination}: expected a .safetensors file name")
     sd, _ = unwrap(read_checkpoint(source, trust=True), str(source))
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp))
-    tmp.replace(destination)
+    with atomic_file(destination) as f:
+        f.write(save({k: v.detach().contiguous().clone() for k, v in sd.items()}))
     return destination
 
 
@@ -224,6 +224,23 @@ def save_model(model: nn.Module, directory: str | Path) -> Path:
     with atomic_file(directory / CONFIG_FILE) as f:
         f.write(json.dumps(meta, indent=2, sort_keys=True).encode())
     return directory
+
+
+def state_dict_digest(tensors: Mapping[str, torch.Tensor], layout: bool = True) -> str:
+    """sha256 over every tensor's name, dtype and shape (`layout=False`: name only) and raw bytes, in name order.
+
+    The one digest of weights: compile-cache keys (`export.cache`) use the layout; the training loop's
+    rank digests and the teacher cache's key (`training.loop.weights_digest`) hash names and bytes only,
+    as they always have, so existing teacher caches keep their keys.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode() if layout else name.encode())
+        if t.numel():
+            # raw bytes, so every dtype (bf16 included, which numpy cannot hold) hashes the same way
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_config(directory: str | Path) -> ModelConfig:

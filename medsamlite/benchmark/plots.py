@@ -8,7 +8,7 @@ import numpy as np
 
 
 class RunResult(Protocol):
-    """What the plots read of a run (`compare.BenchResult`; a protocol, so plots never import compare)."""
+    """What the plots read of a run (`compare_scores.BenchResult`; a protocol, so plots import no part of the compare suite)."""
 
     models: list[dict[str, Any]]
     speed: list[dict[str, Any]]

@@ -17,13 +17,11 @@ from typing import Any
 
 from ..constants import BACKENDS, PHASES, find_cases
 from ..runtime.decoders import AUTO, DECODER_MODES
-from ..runtime.files import atomic_file, remove_orphans
+from ..runtime.files import ORPHANS, atomic_file, remove_orphans
 from .errors import SetupError, one_line, writable_folder
 
 CSV_FIELDS = ("case", "group", "kind", "shape", "boxes", "status", "seconds", *PHASES)
 TIMINGS_FILE, RUN_FILE = "timings.csv", "run.json"
-# what atomic_file leaves when a run is killed: .NAME. + mkstemp's 8 random characters + .tmp
-ORPHANS = ".*.????????.tmp"
 # exit status of a run stopped by SIGINT (128 + SIGINT, as a shell reports it)
 INTERRUPTED = 130
 

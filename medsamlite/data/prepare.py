@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import FORMAT_PREPARED, MODALITIES
+from ..runtime.files import ORPHANS, atomic_dir, atomic_file
 from ..runtime.modality import UNKNOWN
 from .sources import SourceCase, discover, read_source
 
 MANIFEST, INDEX_FILE, CASES_FILE, CASES_DIR = "prepared.json", "index.npy", "cases.npy", "cases"
 IMAGE_FILE, LABELS_FILE, PART_FILE = "image.npy", "labels.npy", "index.npy"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"  # the temporary folders of versions before atomic_dir
 MODALITY_CODES = (*MODALITIES, UNKNOWN)  # a fixed table, so the parts of separate runs merge as they are
 ENTRY_DTYPE = np.dtype([("case", "<i4"), ("slice", "<i4"), ("row", "<i4"), ("label", "<i4"),
                         ("box", "<i4", (4,)), ("area", "<i8"), ("modality", "i1"), ("dim", "i1")])
@@ -127,11 +128,9 @@ def prepare_case(case: SourceCase, dst: Path, window: tuple[float, float] | None
         if slices.size == 0 or not gts.any():
             return CaseResult(case.name, case.modality, "empty", f"{case.image}: no labelled pixel")
         entries = slice_entries(gts, slices, case.modality, dim)
-        tmp = final.parent / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=False)
-        size = _save(tmp / IMAGE_FILE, np.ascontiguousarray(image)) + _save(tmp / LABELS_FILE, np.ascontiguousarray(gts))
-        size += _save(tmp / PART_FILE, entries)
-        os.replace(tmp, final)
+        with atomic_dir(final) as tmp:
+            size = _save(tmp / IMAGE_FILE, np.ascontiguousarray(image)) + _save(tmp / LABELS_FILE, np.ascontiguousarray(gts))
+            size += _save(tmp / PART_FILE, entries)
         return CaseResult(case.name, case.modality, "prepared", bytes=size, entries=entries)
     except Exception as error:  # one bad case never stops the others: it is named and skipped
         message = str(error) if str(error).startswith(str(case.image)) else f"{case.image}: {type(error).__name__}: {error}"
@@ -147,16 +146,11 @@ def _prepare_or_skip(job: tuple[SourceCase, Path, tuple[float, float] | None]) -
 
 
 def _remove_stale(dst: Path) -> None:
-    """Temporary folders of an interrupted run (only this layout's hidden `.tmp-` names)."""
-    for tmp in sorted((dst / CASES_DIR).rglob(f"{TMP_PREFIX}*")) if (dst / CASES_DIR).is_dir() else []:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with tmp.open("wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    """Temporary folders of an interrupted run (`atomic_dir`'s hidden names; `.tmp-` ones of older versions)."""
+    cases = dst / CASES_DIR
+    for tmp in sorted([*cases.rglob(ORPHANS), *cases.rglob(f"{TMP_PREFIX}*")]) if cases.is_dir() else []:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_index(dst: Path, results: list[CaseResult], source: str) -> dict[str, dict[str, int]]:
@@ -189,11 +183,13 @@ def write_index(dst: Path, results: list[CaseResult], source: str) -> dict[str, 
 def write_tables(dst: Path, index: np.ndarray, cases: np.ndarray, per_modality: dict[str, dict[str, int]],
                  source: str) -> None:
     """index.npy, cases.npy, then prepared.json (last: a folder with a manifest is complete), each atomically."""
-    _write_atomic(dst / INDEX_FILE, lambda f: np.save(f, index, allow_pickle=False))
-    _write_atomic(dst / CASES_FILE, lambda f: np.save(f, cases, allow_pickle=False))
+    for path, table in ((dst / INDEX_FILE, index), (dst / CASES_FILE, cases)):
+        with atomic_file(path) as f:
+            np.save(f, table, allow_pickle=False)
     manifest = {"format": FORMAT_PREPARED, "version": 1, "source": source, "cases": len(cases),
                 "entries": int(len(index)), "modality_codes": list(MODALITY_CODES), "modalities": per_modality}
-    _write_atomic(dst / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+    with atomic_file(dst / MANIFEST) as f:
+        f.write(json.dumps(manifest, indent=1).encode())
 
 
 def prepare(src: str | Path, dst: str | Path, workers: int | None = None, modality: str | None = None,

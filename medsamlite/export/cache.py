@@ -13,28 +13,12 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..constants import CONFIG_FILE
 from ..runtime.compile_cache import default_cache_dir, digest  # noqa: F401 (the cache's torch-free side)
-from ..runtime.files import chmod_per_umask, file_digest, file_digests
-
-
-def state_dict_digest(state_dict: Mapping[str, Any]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes."""
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            # raw bytes, so every dtype (bf16 included, which numpy cannot hold) hashes the same way
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from ..runtime.files import atomic_dir, file_digest, file_digests, remove_dir
 
 
 def source_digest(classes: Iterable[type]) -> str:
@@ -56,27 +40,14 @@ def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
 
 def discard(entry: Path) -> None:
     """Remove a broken entry: renamed aside first, so no reader meets it half-deleted."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
-    try:
-        os.rename(entry, aside / entry.name)
-    except FileNotFoundError:  # another process discarded it first
-        pass
-    shutil.rmtree(aside, ignore_errors=True)
+    remove_dir(entry)
 
 
 @contextlib.contextmanager
 def building(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `final`; on success rename it to `final` unless another
     process got there first (ours is then discarded). On error nothing is left behind."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
+    with atomic_dir(final, replace=False) as tmp:
         yield tmp
-        chmod_per_umask(tmp)
-        try:
-            os.rename(tmp, final)  # atomic; fails if `final` exists and is not empty
-        except OSError:
-            if not entry_ready(final):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not entry_ready(final):
+        raise FileExistsError(f"{final}: taken by a folder that is not a complete cache entry")

@@ -27,8 +27,7 @@ from ..runtime.decoders import check_mode, entry_decoders
 from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
 from . import convert
-from .cache import (building, default_cache_dir, digest, discard, entry_ready, source_digest, state_dict_digest,
-                    write_meta)
+from .cache import building, default_cache_dir, digest, discard, entry_ready, source_digest, write_meta
 from .quantize import Int8Refused, calibration_batches, calibration_digest, check_int8
 
 if TYPE_CHECKING:
@@ -58,6 +57,7 @@ def onnx_key(model: "SamLite", decoders: Sequence[str] = DECODERS) -> str:
     """Key of the traced graphs: weights, config, modules and their code, input shape, decoders, exporter versions."""
     import torch
 
+    from ..checkpoints import state_dict_digest
     from ..models.factorised_decoder import FactorisedMaskDecoder
 
     config = model.config

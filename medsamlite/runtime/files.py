@@ -18,6 +18,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 DIGEST = "sha256"
 # OpenVINO's compiled-blob cache is written at open time, never recorded
 UNRECORDED = ("ov_cache",)
+# what atomic_file / atomic_dir leave when a run is killed: .NAME. + mkstemp's 8 random characters + .tmp
+ORPHANS = ".*.????????.tmp"
 
 
 class IntegrityError(ValueError):
@@ -102,26 +104,62 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, replace: bool = True) -> Iterator[Path]:
     """A folder to fill that becomes `path` (umask modes) when the block ends, replacing what was there; nothing
     on error. A reader meets the old folder or the new one, never a half-written one.
 
     Filled under `.NAME.XXXXXXXX.tmp` beside `path`; the old folder is renamed aside, then removed.
+    `replace=False`: the first writer wins: where `path` is a folder with files by then, it stays and this
+    one is discarded (the caller checks that the folder it finds is complete).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        chmod_per_umask(tmp)
-        aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-        if path.exists():
-            os.replace(path, aside)  # onto an empty folder: one rename
-        os.replace(tmp, path)
-        shutil.rmtree(aside, ignore_errors=True)
+        if replace:
+            replace_dir(tmp, path)
+        else:
+            chmod_per_umask(tmp)
+            try:
+                os.rename(tmp, path)  # atomic; fails where `path` is a folder that is not empty
+            except OSError:
+                if not path.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(folder: str | Path, path: str | Path) -> None:
+    """Move the filled `folder` to `path` (umask modes), replacing what was there (renamed aside, then removed):
+    a reader never meets a half-written or half-deleted folder."""
+    chmod_per_umask(folder)
+    aside = _set_aside(Path(path))
+    os.replace(folder, path)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_dir(path: str | Path) -> None:
+    """Remove a folder without a reader ever meeting it half-deleted: renamed aside first (gone if not there)."""
+    aside = _set_aside(Path(path))
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename the folder `path` onto a fresh hidden one beside it (`.NAME.XXXXXXXX.old`), returned; None if absent."""
+    if not path.exists():
+        return None
+    aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    try:
+        os.replace(path, aside)  # onto an empty folder: one rename
+    except FileNotFoundError:  # another process removed it first
+        aside.rmdir()
+        return None
+    return aside
 
 
 def remove_orphans(folder: str | Path, pattern: str) -> list[Path]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -31,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm.auto import tqdm
 
+from ..checkpoints import state_dict_digest
 from ..constants import TRAIN_PRECISIONS
 from ..data.samplers import ShuffleSampler, StreamSampler
 from ..runtime.files import atomic_file
@@ -135,12 +135,7 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], 
 
 def weights_digest(model: nn.Module, buffers: bool = True) -> str:
     """sha256 of a module's state (names and bytes; parameters only with `buffers=False`)."""
-    h = hashlib.sha256()
-    tensors = model.state_dict() if buffers else dict(model.named_parameters())
-    for name, tensor in sorted(tensors.items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return state_dict_digest(model.state_dict() if buffers else dict(model.named_parameters()), layout=False)
 
 
 def check_settings(precision: str, device: str) -> bool:
@@ -262,133 +257,214 @@ def train(task: Task, data: Dataset, config: TrainConfig, *, val_data: Dataset |
     step, AdaLoRA's rank allocation); its `state_dict()`, where it has one, is checkpointed. `run_info`
     goes into run.json.
     """
-    from accelerate.utils import broadcast_object_list, gather_object
+    run = _Run(task, data, config, sampler, after_step)
+    run.resume()
+    run.open_records(run_info)
+    stopped_early = False
+    while not stopped_early and not run.done and run.progress.epoch < run.config.epochs:
+        run.train_epoch()
+        stopped_early = run.end_epoch(val_data)
+    return run.finish(stopped_early)
 
-    out = Path(config.output_dir)
-    precision, why = resolve_precision(config.precision)
-    config = dataclasses.replace(config, precision=precision)
-    accelerator = make_accelerator(config, out)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    accelerator.print(f"{task.name}: {why}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    sampler = (sampler or ShuffleSampler(len(data), config.seed)).shard(rank, world)
-    micro_per_epoch = math.ceil(sampler.stream_length() // world / config.batch_size)
-    total = config.max_steps or max(1, config.epochs * micro_per_epoch // config.grad_accum)
-    module = task.module()
-    if world > 1:
-        unused = freeze_unused(task, data)
-        if unused:
-            accelerator.print(f"{task.name}: froze {len(unused)} trainable parameters no step uses (DDP needs "
-                              f"every trainable one in each step): {', '.join(unused)}")
-    if use_sync_bn(config.sync_bn, module, world, accelerator.device):
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place below the root: task.model follows
-        accelerator.print(f"{task.name}: SyncBatchNorm (batch statistics over {world} processes)")
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{task.name}: no trainable parameters (every parameter has requires_grad=False)")
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    module, optimizer = accelerator.prepare(module, optimizer)
-    task.to(accelerator.device)
-    # stepped here, once per optimiser step (accelerate's wrapper steps it once per process)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer,
-                                                  warmup_cosine(config.warmup_steps, total, config.min_lr_ratio))
-    progress, rng = _Progress(), None
-    if config.resume:
-        progress, rng = _restore(ckpt.find_checkpoint(config.resume), task, optimizer, scheduler, accelerator,
-                                 after_step)
-    if main:
-        info = {"mode": task.name, "world_size": world, "precision": config.precision, "seed": config.seed,
-                "device": str(accelerator.device), "distributed": str(accelerator.distributed_type),
-                "total_steps": total, "config": dataclasses.asdict(config), "args": run_info or {},
-                "torch": torch.__version__}
-        write_json(out / RUN_FILE, info)
-    accelerator.init_trackers("tensorboard")
-    log = CsvLog(out / LOG_FILE, progress.step if config.resume else None) if main else None
-    accelerator.step = progress.accel_step
-    patience = getattr(config, "early_stopping_patience", None)
-    started, stopped_early, last_saved = time.perf_counter(), False, -1
-    meter = _Meter()
-    bar = tqdm(total=total, initial=progress.step, desc=task.name, disable=not (config.progress and main),
-               leave=False)
-    done = progress.step >= total
-    while not done and progress.epoch < config.epochs:
-        if progress.position == 0:
-            torch.manual_seed(epoch_seed(config.seed, progress.epoch, rank))
-        elif rng is not None:  # resumed mid-epoch: the RNG as it was at the checkpoint
-            ckpt.set_rng_state(rng)
-        rng = None
-        set_epoch(data, progress.epoch)
-        sampler.set_epoch(progress.epoch, progress.position * config.batch_size)
-        loader = DataLoader(data, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                            pin_memory=accelerator.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(epoch_seed(config.seed, progress.epoch, rank)))
-        task.train_mode()
-        for batch in loader:
-            with accelerator.accumulate(module):
-                with accelerator.autocast():
-                    loss, images, masks = task.step(module, to_device(batch, accelerator.device))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.grad_clip:
-                    accelerator.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-                if after_step is not None and accelerator.sync_gradients:
-                    after_step(task.model, optimizer)  # before zero_grad: AdaLoRA's allocator reads the gradients
-                optimizer.zero_grad(set_to_none=True)
-            progress.position += 1
-            meter.add(float(loss.detach()), images, masks)
-            if not accelerator.sync_gradients:
+
+class _Run:
+    """One call of `train`: the prepared objects and the progress, moved on by `train` in this order (the order
+    of seeding, sampler positions, scheduler steps and saves is what makes a resumed run repeat the original)."""
+
+    def __init__(self, task: Task, data: Dataset, config: TrainConfig, sampler: StreamSampler | None,
+                 after_step: Callable[[nn.Module, Any], None] | None) -> None:
+        """The accelerator for the resolved precision, this rank's shard of the sampler, the run's length."""
+        precision, why = resolve_precision(config.precision)
+        self.config = config = dataclasses.replace(config, precision=precision)
+        self.task, self.data, self.after_step, self.out = task, data, after_step, Path(config.output_dir)
+        self.accelerator = make_accelerator(config, self.out)
+        self.main, self.rank = self.accelerator.is_main_process, self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.accelerator.print(f"{task.name}: {why}")
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.sampler = (sampler or ShuffleSampler(len(data), config.seed)).shard(self.rank, self.world)
+        self.micro_per_epoch = math.ceil(self.sampler.stream_length() // self.world / config.batch_size)
+        self.total = config.max_steps or max(1, config.epochs * self.micro_per_epoch // config.grad_accum)
+        self._prepare_model()
+        self.progress, self.rng = _Progress(), None
+
+    def _prepare_model(self) -> None:
+        """The task's module (unused parameters frozen, SyncBatchNorm where it applies) and AdamW, prepared by
+        accelerate; the warmup + cosine schedule."""
+        task, config, accelerator, world = self.task, self.config, self.accelerator, self.world
+        module = task.module()
+        if world > 1:
+            unused = freeze_unused(task, self.data)
+            if unused:
+                accelerator.print(f"{task.name}: froze {len(unused)} trainable parameters no step uses (DDP needs "
+                                  f"every trainable one in each step): {', '.join(unused)}")
+        if use_sync_bn(config.sync_bn, module, world, accelerator.device):
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place below the root: task.model follows
+            accelerator.print(f"{task.name}: SyncBatchNorm (batch statistics over {world} processes)")
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"{task.name}: no trainable parameters (every parameter has requires_grad=False)")
+        optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.module, self.optimizer = accelerator.prepare(module, optimizer)
+        task.to(accelerator.device)
+        # stepped here, once per optimiser step (accelerate's wrapper steps it once per process)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.optimizer, warmup_cosine(config.warmup_steps, self.total, config.min_lr_ratio))
+
+    def resume(self) -> None:
+        """With `config.resume`: the model, optimiser, scheduler, scaler, hook, progress and RNG of its checkpoint."""
+        if self.config.resume:
+            self.progress, self.rng = _restore(ckpt.find_checkpoint(self.config.resume), self.task, self.optimizer,
+                                               self.scheduler, self.accelerator, self.after_step)
+
+    def open_records(self, run_info: dict[str, Any] | None) -> None:
+        """run.json (rank 0), the trackers, log.csv (cut back to the checkpoint's step on resume); then the clock
+        and the progress bar start."""
+        config, accelerator = self.config, self.accelerator
+        if self.main:
+            self.info = {"mode": self.task.name, "world_size": self.world, "precision": config.precision,
+                         "seed": config.seed, "device": str(accelerator.device),
+                         "distributed": str(accelerator.distributed_type), "total_steps": self.total,
+                         "config": dataclasses.asdict(config), "args": run_info or {}, "torch": torch.__version__}
+            write_json(self.out / RUN_FILE, self.info)
+        accelerator.init_trackers("tensorboard")
+        self.log = CsvLog(self.out / LOG_FILE, self.progress.step if config.resume else None) if self.main else None
+        accelerator.step = self.progress.accel_step
+        self.patience = getattr(config, "early_stopping_patience", None)
+        self.started, self.last_saved = time.perf_counter(), -1
+        self.meter = _Meter()
+        self.bar = tqdm(total=self.total, initial=self.progress.step, desc=self.task.name,
+                        disable=not (config.progress and self.main), leave=False)
+        self.done = self.progress.step >= self.total
+
+    def train_epoch(self) -> None:
+        """The micro-batches left in this epoch, until it ends or the run is done (last step, time limit)."""
+        for batch in self._loader():
+            self._micro_step(batch)
+            if not self.accelerator.sync_gradients:
                 continue
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-            scheduler.step()
-            progress.step += 1
-            row = meter.reduce(accelerator)
-            progress.losses.append(row["loss"])
-            if main:
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", img_s=f"{row['images_per_s']:.1f}",
-                                masks_s=f"{row['masks_per_s']:.1f}")
-                if progress.step % config.log_every == 0 or progress.step == total:
-                    log.write(dict(row, phase="train", epoch=progress.epoch, step=progress.step, lr=lr,
-                                   seconds=round(time.perf_counter() - started, 3)))
-                    accelerator.log({"loss": row["loss"], "lr": lr, "images_per_s": row["images_per_s"],
-                                     "masks_per_s": row["masks_per_s"]}, step=progress.step)
-            if config.save_every and progress.step % config.save_every == 0:
-                progress.accel_step = accelerator.step
-                _save(out, progress, task, optimizer, scheduler, accelerator, config, after_step)
-                last_saved = progress.step
-            done = progress.step >= total or (config.max_seconds is not None and bool(broadcast_object_list(
-                [time.perf_counter() - started >= config.max_seconds])[0]))  # rank 0's clock decides
-            if done:
+            self._stepped()
+            if self.done:
                 break
-        epoch_over = progress.position >= micro_per_epoch
-        if val_data is not None and (epoch_over or done):
-            stopped_early = _validate(task, val_data, config, accelerator, progress, log, started, patience)
-            meter.since = time.perf_counter()  # throughput is training's: validation time is not counted
+
+    def _loader(self) -> DataLoader:
+        """This epoch's loader from the run's position: torch's RNG seeded for the epoch (or as the checkpoint left
+        it, mid-epoch), the augmentation and the sampler set to the epoch; the task in training mode."""
+        progress, config = self.progress, self.config
+        if progress.position == 0:
+            torch.manual_seed(epoch_seed(config.seed, progress.epoch, self.rank))
+        elif self.rng is not None:  # resumed mid-epoch: the RNG as it was at the checkpoint
+            ckpt.set_rng_state(self.rng)
+        self.rng = None
+        set_epoch(self.data, progress.epoch)
+        self.sampler.set_epoch(progress.epoch, progress.position * config.batch_size)
+        loader = DataLoader(self.data, batch_size=config.batch_size, sampler=self.sampler,
+                            num_workers=config.num_workers, pin_memory=self.accelerator.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(epoch_seed(config.seed, progress.epoch, self.rank)))
+        self.task.train_mode()
+        return loader
+
+    def _micro_step(self, batch: dict) -> None:
+        """Forward and backward of one micro-batch; where gradients are synchronised, the clipped optimiser step
+        and `after_step` (before zero_grad: AdaLoRA's allocator reads the gradients)."""
+        accelerator, config, optimizer = self.accelerator, self.config, self.optimizer
+        with accelerator.accumulate(self.module):
+            with accelerator.autocast():
+                loss, images, masks = self.task.step(self.module, to_device(batch, accelerator.device))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.grad_clip:
+                accelerator.clip_grad_norm_(self.params, config.grad_clip)
+            optimizer.step()
+            if self.after_step is not None and accelerator.sync_gradients:
+                self.after_step(self.task.model, optimizer)
+            optimizer.zero_grad(set_to_none=True)
+        self.progress.position += 1
+        self.meter.add(float(loss.detach()), images, masks)
+
+    def _stepped(self) -> None:
+        """After an optimiser step: the schedule, the step's row, a checkpoint every `save_every` steps, and
+        whether the run is done."""
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+        self.scheduler.step()
+        self.progress.step += 1
+        row = self.meter.reduce(self.accelerator)
+        self.progress.losses.append(row["loss"])
+        if self.main:
+            self._report(row, lr)
+        if self.config.save_every and self.progress.step % self.config.save_every == 0:
+            self.save()
+        self.done = self.progress.step >= self.total or self._out_of_time()
+
+    def _report(self, row: dict[str, float], lr: float) -> None:
+        """Rank 0: the progress bar, and every `log_every` steps (and the last) a row of log.csv and the trackers."""
+        step = self.progress.step
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", img_s=f"{row['images_per_s']:.1f}",
+                             masks_s=f"{row['masks_per_s']:.1f}")
+        if step % self.config.log_every == 0 or step == self.total:
+            self.log.write(dict(row, phase="train", epoch=self.progress.epoch, step=step, lr=lr,
+                                seconds=round(time.perf_counter() - self.started, 3)))
+            self.accelerator.log({"loss": row["loss"], "lr": lr, "images_per_s": row["images_per_s"],
+                                  "masks_per_s": row["masks_per_s"]}, step=step)
+
+    def _out_of_time(self) -> bool:
+        """Whether `max_seconds` have passed: rank 0's clock decides, every rank gets its answer."""
+        from accelerate.utils import broadcast_object_list
+
+        return self.config.max_seconds is not None and bool(broadcast_object_list(
+            [time.perf_counter() - self.started >= self.config.max_seconds])[0])
+
+    def save(self) -> None:
+        """A checkpoint of this step (every rank takes part)."""
+        self.progress.accel_step = self.accelerator.step
+        _save(self.out, self.progress, self.task, self.optimizer, self.scheduler, self.accelerator, self.config,
+              self.after_step)
+        self.last_saved = self.progress.step
+
+    def end_epoch(self, val_data: Dataset | None) -> bool:
+        """Validation where the epoch is over or the run done, then the next epoch begins; True: stop early."""
+        progress = self.progress
+        epoch_over = progress.position >= self.micro_per_epoch
+        stopped_early = False
+        if val_data is not None and (epoch_over or self.done):
+            stopped_early = _validate(self.task, val_data, self.config, self.accelerator, progress, self.log,
+                                      self.started, self.patience)
+            self.meter.since = time.perf_counter()  # throughput is training's: validation time is not counted
         if epoch_over:
             progress.epoch, progress.position = progress.epoch + 1, 0
-        if stopped_early:
-            break
-    bar.close()
-    if last_saved != progress.step:
-        progress.accel_step = accelerator.step
-        _save(out, progress, task, optimizer, scheduler, accelerator, config, after_step)
-    accelerator.wait_for_everyone()
-    # parameters only: BatchNorm running statistics are each rank's own until DDP's next forward
-    # broadcasts rank 0's (rank 0's are the ones saved)
-    digests = gather_object([weights_digest(task.model, buffers=False)])
-    task.finish(out, main)
-    seconds = time.perf_counter() - started
-    if main:
-        info.update(steps=progress.step, epochs=progress.epoch, seconds=round(seconds, 3), rank_digests=digests,
-                    final_loss=progress.losses[-1] if progress.losses else None)
-        write_json(out / RUN_FILE, info)
-    for tracker in accelerator.trackers:  # not end_training: it destroys the process group that the next run
-        tracker.finish()                  # of this process (daft's next group) still needs
-    if len(set(digests)) > 1:
-        raise RuntimeError(f"{out}: ranks ended with different weights (digests {digests})")
-    return TrainResult(out, progress.step, len(progress.history), seconds, progress.losses, progress.history,
-                       progress.best, progress.best_epoch, stopped_early, world, rank)
+        return stopped_early
+
+    def finish(self, stopped_early: bool) -> TrainResult:
+        """The last checkpoint (unless this step has one), the task's `finish`, run.json completed; a RuntimeError
+        where the ranks' parameters differ."""
+        from accelerate.utils import gather_object
+
+        self.bar.close()
+        if self.last_saved != self.progress.step:
+            self.save()
+        self.accelerator.wait_for_everyone()
+        # parameters only: BatchNorm running statistics are each rank's own until DDP's next forward
+        # broadcasts rank 0's (rank 0's are the ones saved)
+        digests = gather_object([weights_digest(self.task.model, buffers=False)])
+        self.task.finish(self.out, self.main)
+        seconds = time.perf_counter() - self.started
+        self._close_records(digests, seconds)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"{self.out}: ranks ended with different weights (digests {digests})")
+        p = self.progress
+        return TrainResult(self.out, p.step, len(p.history), seconds, p.losses, p.history, p.best, p.best_epoch,
+                           stopped_early, self.world, self.rank)
+
+    def _close_records(self, digests: list[str], seconds: float) -> None:
+        """run.json completed (rank 0) and the trackers finished."""
+        if self.main:
+            self.info.update(steps=self.progress.step, epochs=self.progress.epoch, seconds=round(seconds, 3),
+                             rank_digests=digests,
+                             final_loss=self.progress.losses[-1] if self.progress.losses else None)
+            write_json(self.out / RUN_FILE, self.info)
+        for tracker in self.accelerator.trackers:  # not end_training: it destroys the process group that the next
+            tracker.finish()                       # run of this process (daft's next group) still needs
 
 
 class _Meter:

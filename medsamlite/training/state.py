@@ -8,7 +8,6 @@ is plain tensors and numbers, read back with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..runtime.files import replace_dir
 
 CHECKPOINTS, STATE_FILE = "checkpoints", "state.pt"
 _STEP = re.compile(r"^step-(\d{8})$")
@@ -87,8 +88,7 @@ def begin(output_dir: str | Path, step: int, state: dict[str, Any]) -> None:
 def commit(output_dir: str | Path, step: int, keep: int) -> Path:
     """Rank 0, once every rank wrote its part: rename into place, drop all but the newest `keep`."""
     final = checkpoint_dir(output_dir, step)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staging_dir(output_dir, step), final)
+    replace_dir(staging_dir(output_dir, step), final)
     for old in list_checkpoints(output_dir)[:-max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -85,11 +85,14 @@ def test_an_interrupted_prepare_resumes(src: Path, tmp_path: Path, monkeypatch):
         prepare(src, tmp_path / "dst", workers=0, progress=False)
     monkeypatch.undo()
     cases = tmp_path / "dst" / CASES_DIR
-    assert len([p for p in cases.iterdir() if p.name.startswith(".tmp-")]) == 1
+    assert len(list(cases.iterdir())) == 2, "the interrupted case left its temporary folder"
     assert not (tmp_path / "dst" / INDEX_FILE).exists()
+    for killed in (".3DBox_CT_0000.k3j2h1_x.tmp", ".tmp-2DBox_Endoscopy_0001-123"):  # what a kill leaves (older
+        (cases / killed).mkdir()                                                   # versions: `.tmp-` names)
+        (cases / killed / "image.npy").write_bytes(b"partial")
     report = prepare(src, tmp_path / "dst", workers=0, progress=False)
     assert report.counts["done"] == 2 and report.counts["prepared"] == 3
-    assert not [p for p in cases.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in cases.iterdir() if p.name.startswith(".")]
     prepare(src, tmp_path / "fresh", workers=0, progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "dst" / INDEX_FILE), np.load(tmp_path / "fresh" / INDEX_FILE))
 
