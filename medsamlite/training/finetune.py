@@ -155,10 +155,12 @@ def evaluation_sums(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Mo
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    forward = BoxForward(model, classes=isinstance(loss_fn, PartialLabelLoss))
+    classes = isinstance(loss_fn, PartialLabelLoss)
+    forward = BoxForward(model, classes=classes)
+    frame = model.config.box_frame if classes else 0  # the box path needs no frame (and adapted models no config)
     total_loss, dsc, n = 0.0, 0.0, 0
     for batch in loader:
-        loss, scores = scored_loss(forward, loss_fn, to_device(batch, device), model.config.box_frame)
+        loss, scores = scored_loss(forward, loss_fn, to_device(batch, device), frame)
         total_loss += float(loss) * len(scores)
         dsc += float(scores.sum())
         n += len(scores)
