@@ -140,3 +140,33 @@ def test_cli_partial_label_finetune_then_predict_classes(tmp_path, case_dir, cap
     with pytest.raises(SystemExit, match="expected 1..3"):
         main(["train", "finetune", str(case_dir), "--model", str(tmp_path / "tiny"), "--num-classes", str(C),
               "--annotated", "2DBox_*=4", "--output", str(tmp_path / "bad")])
+
+
+def test_predict_classes_in_3d_decodes_each_slice_of_a_box_and_nothing_outside():
+    from medsamlite.runtime import Predictor
+
+    volume = np.random.default_rng(0).integers(0, 255, (3, 64, 64)).astype(np.uint8)
+    predictor = Predictor(class_model().eval())
+    maps = predictor.predict_classes(volume, np.array([[8, 8, 0, 40, 40, 1]]))
+    assert maps.shape == (C, 3, 64, 64) and maps.dtype == np.uint8
+    assert not maps[:, 2].any()  # slice 2 lies outside the box's z range
+    assert predictor.predict_classes(volume[0], np.array([[8, 8, 40, 40]])).shape == (C, 64, 64)
+    with pytest.raises(TypeError, match="has no class outputs"):
+        Predictor(build_model(tiny.CONFIG).eval()).predict_classes(volume[0], np.array([[8, 8, 40, 40]]))
+
+
+def test_annotated_classes_by_case_glob_modality_or_json_file(tmp_path):
+    from medsamlite.cli.train import _annotated
+    from medsamlite.data.datasets import annotated
+
+    assert _annotated(["CT_AbdomenCT*=1,2,3", "US=1"]) == {"CT_AbdomenCT*": [1, 2, 3], "US": [1]}
+    assert annotated({"US": [1]}, 3, "2DBox_US_0000", "US").tolist() == [True, False, False]
+    assert annotated({"CT_AbdomenCT*": [2]}, 3, "CT_AbdomenCT_0001", "CT").tolist() == [False, True, False]
+    assert annotated({"US": [1]}, 3, "3DBox_CT_0000", "CT").all()  # no match: every class annotated
+    (tmp_path / "map.json").write_text('{"US": [1, 2]}')
+    assert _annotated([str(tmp_path / "map.json")]) == {"US": [1, 2]}
+    (tmp_path / "bad.json").write_text('{"US": "1,2"}')
+    with pytest.raises(SystemExit, match="bad.json: key 'US' is \"1,2\"; expected a list of class ids"):
+        _annotated([str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="expected GLOB=IDS"):
+        _annotated(["US=one", "CT=1"])
