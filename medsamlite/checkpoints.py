@@ -35,7 +35,7 @@ from .constants import CONFIG_FILE, FORMAT_MODEL, WEIGHTS_FILE
 from .registry import get_encoder_spec
 from .runtime.files import atomic_file
 
-HEADS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+HEADS = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "class_prompts.")
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module", "net", "weights")
 _PREFIXES = ("module.", "model.", "_orig_mod.")
 

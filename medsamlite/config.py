@@ -39,6 +39,8 @@ class ModelConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    # learned class-prompt tokens (`models.class_prompts`) for partial-label training; 0: box outputs only
+    num_classes: int = 0
 
     @property
     def box_frame(self) -> int:

@@ -33,10 +33,25 @@ def resolve_config(name: str | ModelConfig, **overrides: Any) -> ModelConfig:
 
 def build_model(config: ModelConfig) -> "SamLite":
     """A `SamLite` with freshly initialised parts as `config` describes them."""
-    from .models.sam import SamLite, sam_heads
+    from .models.sam import SamLite, class_prompts, sam_heads
 
     image_encoder = get_encoder_spec(config.encoder).build(input_size=config.input_size, **config.encoder_kwargs)
-    return SamLite(config, image_encoder, *sam_heads(config))
+    return SamLite(config, image_encoder, *sam_heads(config), class_prompts(config))
+
+
+def with_classes(model: "SamLite", num_classes: int) -> "SamLite":
+    """`model`'s parts (shared, not copied) with `num_classes` class-prompt tokens: new ones, freshly initialised,
+    where it has none; `model` itself where it already has that many; a one-line error where it has others."""
+    from .models.sam import SamLite, class_prompts
+
+    if model.config.num_classes == num_classes:
+        return model
+    if model.config.num_classes:
+        raise ValueError(f"model '{model.config.name}' has {model.config.num_classes} class outputs; "
+                         f"expected {num_classes} (or a model without class outputs)")
+    config = model.config.replace(num_classes=num_classes)
+    return SamLite(config, model.image_encoder, model.prompt_encoder, model.mask_decoder,
+                   class_prompts(config)).train(model.training)
 
 
 def create_model(name: str | ModelConfig, checkpoint: "str | Path | Mapping[str, torch.Tensor] | None" = None,

@@ -106,6 +106,19 @@ class TorchEngine(Closable):
             outputs = [self.model.decode(emb, **self._rows(prompts, i, i + 1)) for i in range(n)]
         return self._numpy(outputs)
 
+    def decode_classes(self, embedding: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Per-class low-res logits (N, C, L, L) of boxes (N, 4) on one embedding (`SamLite.decode_classes`),
+        one call per box as `decode` does."""
+        self._check_open()
+        check_embedding(self.config, embedding)
+        emb, rows = self._tensor(embedding), self._tensor(boxes).reshape(-1, 4)
+        if not len(rows):
+            side = self.config.low_res_size
+            return np.zeros((0, self.config.num_classes, side, side), np.float32)
+        with self._inference():
+            logits = [self.model.decode_classes(emb, rows[i:i + 1], decoder=self.decoder)[0] for i in range(len(rows))]
+        return torch.cat(logits).float().cpu().numpy()
+
     def prepare(self, embedding: np.ndarray) -> dict[str, torch.Tensor]:
         """The factorised decoder's per-image tensors of one embedding (kept as torch tensors on the device)."""
         self._check_open()

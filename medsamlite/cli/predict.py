@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='scripted corrections of .npz cases: {"<case>.npz": [round, ...]}, a round a list of '
                              '{"label": n, "point": [x, y] or [x, y, z], "positive": true|false} in the case\'s '
                              "pixels; each round refines the last (docs/inference.md); runs the torch model")
+    parser.add_argument("--classes", action="store_true",
+                        help=".npz cases: also write the class maps of a model trained with class outputs (train "
+                             "finetune --num-classes C) under the key 'classes' of each output: (C, H, W) or "
+                             "(C, D, H, W) uint8, map c the union of every box's class-c mask; runs the torch model")
     parser.add_argument("--overlap", choices=("order", "argmax"), default="order",
                         help="order: later boxes win (the reference); argmax: highest logit wins")
     parser.add_argument("--precision", choices=("f32", "bf16", "auto"), default=None,
@@ -176,6 +180,26 @@ def case_clicks(args: argparse.Namespace, cases: list[Path]) -> dict[str, list]:
     return clicks
 
 
+def check_classes(args: argparse.Namespace, cases: list[Path]) -> None:
+    """--classes takes .npz cases and runs the torch model (compiled graphs have no class outputs)."""
+    if not args.classes:
+        return
+    volumes = [p for p in cases if is_volume(p)]
+    if volumes:
+        raise SetupError(f"{volumes[0]}: --classes writes class maps into .npz outputs; expected task .npz cases only")
+    if args.backend == "auto":
+        args.backend = "torch"
+
+
+def check_class_outputs(args: argparse.Namespace, predictor: Any) -> None:
+    """A one-line SetupError when --classes meets a model without class outputs."""
+    from ..runtime.engine import takes_classes
+
+    if args.classes and not takes_classes(getattr(predictor, "engine", None)):
+        raise SetupError(f"model '{args.model}' has no class outputs (num_classes 0 or a compiled/routed model); "
+                         "--classes expects a torch model trained with `medsamlite train finetune --num-classes C`")
+
+
 def _one_line(error: BaseException, path: Path) -> str:
     text = " ".join(str(error).split())
     return text if text.startswith(str(path)) else f"{path}: {type(error).__name__}: {text}"
@@ -284,9 +308,11 @@ def run(args: argparse.Namespace) -> int:
         cases = input_cases(args.input, args.output)
         volumes = volume_options(args, cases)
         clicks = case_clicks(args, cases)
+        check_classes(args, cases)
         created = prepare_output(args.output)
         engine = load_engine(args)
         predictor = _predictor(engine, args)
+        check_class_outputs(args, predictor)
         if clicks and not hasattr(predictor, "refine"):
             raise SetupError(f"{args.clicks}: clicks need one torch model; '{args.model}' opened as a router")
         if args.overlay is not None:
@@ -314,7 +340,8 @@ def run(args: argparse.Namespace) -> int:
                     counts["skipped"] += 1
                     tqdm.write(f"predict {where}: skipped (output exists)", file=sys.stderr)
                     continue
-                row = _predict_case(predictor, path, args.output, args.overlay, volumes, clicks.get(path.name))
+                row = _predict_case(predictor, path, args.output, args.overlay, volumes, clicks.get(path.name),
+                                    args.classes)
                 counts[row["status"]] += 1
                 writer.writerow(row)
                 f.flush()
@@ -368,7 +395,8 @@ def _predict_volume(predictor: Any, path: Path, out_path: Path, options: dict[st
 
 
 def _predict_case(predictor: Any, path: Path, output: Path, overlay: Path | None,
-                  volumes: dict[str, Any] | None = None, clicks: list | None = None) -> dict[str, Any]:
+                  volumes: dict[str, Any] | None = None, clicks: list | None = None, classes: bool = False
+                  ) -> dict[str, Any]:
     """Segment one case into `output`; its timings.csv row. One bad case never stops the others."""
     from tqdm import tqdm
 
@@ -379,7 +407,8 @@ def _predict_case(predictor: Any, path: Path, output: Path, overlay: Path | None
         else:
             result = predictor.predict_file(path, output / path.name,
                                             None if overlay is None else overlay / f"{path.stem}.png",
-                                            **({"clicks": clicks} if clicks else {}))
+                                            **({"clicks": clicks} if clicks else {}),
+                                            **({"classes": True} if classes else {}))
     except Exception as error:
         tqdm.write(f"error: {_one_line(error, path)}", file=sys.stderr)
         row["status"] = "error"

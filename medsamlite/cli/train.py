@@ -34,6 +34,44 @@ def _probabilities(pairs: list[str] | None) -> dict[str, float] | None:
     return out
 
 
+def _annotated(values: list[str] | None) -> dict[str, list[int]]:
+    """--annotated: GLOB=IDS entries ('CT_AbdomenCT*=1,2,3') or one JSON file holding {glob: [ids]}; {} without."""
+    if not values:
+        return {}
+    if len(values) == 1 and "=" not in values[0]:
+        return _annotated_file(Path(values[0]))
+    out = {}
+    for value in values:
+        pattern, sep, ids = value.partition("=")
+        try:
+            out[pattern] = [int(c) for c in ids.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not pattern:
+            raise SystemExit(f"medsamlite train: --annotated {value!r}: expected GLOB=IDS, e.g. 'CT_AbdomenCT*=1,2,3' "
+                             "(a glob over case names or a modality, then class ids), or a JSON file")
+    return out
+
+
+def _annotated_file(path: Path) -> dict[str, list[int]]:
+    """The {glob: [class ids]} map of a JSON file, with a one-line error naming the file and the key."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"medsamlite train: --annotated {path}: cannot be read as JSON ({type(error).__name__}); "
+                         "expected a file holding {\"GLOB\": [class ids]} or GLOB=IDS entries") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"medsamlite train: {path}: holds a {type(data).__name__}; expected an object "
+                         "{\"GLOB\": [class ids]}")
+    for key, ids in data.items():
+        if not isinstance(ids, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
+            raise SystemExit(f"medsamlite train: {path}: key {key!r} is {json.dumps(ids)[:60]}; expected a list of "
+                             "class ids (integers)")
+    return data
+
+
 def _loop_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     """The training loop's options, the same for every mode."""
     p.add_argument("data", help="folder of task .npz cases")
@@ -92,7 +130,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ft.add_argument("--input-size", type=int, help="encoder input side (default: the model's)")
     ft.add_argument("--val-data", help="validation cases (default: a split of DATA by case)")
     ft.add_argument("--val-fraction", type=float, default=0.2, help="case split when no --val-data")
-    ft.add_argument("--loss", default=ft_defaults.loss, help="litemedsam, daft, dice_focal (default: %(default)s)")
+    ft.add_argument("--loss", help=f"litemedsam, daft, dice_focal; partial_bce_dice, partial_bce, partial_dice "
+                                   f"with --num-classes (default: {ft_defaults.loss}, partial_bce_dice with classes)")
+    ft.add_argument("--num-classes", type=int, default=0, metavar="C",
+                    help="train C class outputs (learned class prompts beside the box, labels 1..C of gts) with a "
+                         "masked partial-label loss (docs/training.md)")
+    ft.add_argument("--annotated", nargs="+", metavar="GLOB=IDS",
+                    help="which classes each source data set labels, e.g. 'CT_AbdomenCT*=1,2,3' (a glob over case "
+                         "names or a modality; the first match wins; unmatched cases: every class), or a JSON file "
+                         "holding the same map; classes a case's source does not label get no gradient from it")
     ft.add_argument("--freeze", nargs="*", default=list(ft_defaults.freeze),
                     help="parts to freeze, e.g. image_encoder prompt_encoder (default: %(default)s)")
     ft.add_argument("--patience", type=int, default=ft_defaults.early_stopping_patience,
@@ -169,20 +215,28 @@ def _finetune(args: argparse.Namespace) -> int:
 
     info = _start(args)
     model = _load(args.model, args.model_checkpoint, args.model_pretrained, args.input_size)
+    classes, loss = _classes(args)
+    if classes:
+        from ..factory import with_classes
+
+        try:
+            model = with_classes(model, args.num_classes)
+        except ValueError as error:
+            raise SystemExit(f"medsamlite train: {args.model}: {error}") from None
     if args.val_data:
         train_files, val_files = case_files(args.data), case_files(args.val_data)
     else:
         train_files, val_files = split_cases(case_files(args.data), args.val_fraction, args.seed)
     k = _targets(args.targets_per_image)
     train = NpzSliceDataset(train_files, model.config, slices=args.slices, box_shift=args.box_shift, seed=args.seed,
-                            **k)
-    val = (NpzSliceDataset(val_files, model.config, slices="all", augment=False, seed=args.seed, **k)
+                            **k, **classes)
+    val = (NpzSliceDataset(val_files, model.config, slices="all", augment=False, seed=args.seed, **k, **classes)
            if val_files else None)
     sampler = None
     if args.modality_probabilities or args.temperature or args.samples_per_epoch:
         sampler = ModalityBalancedSampler(train.modalities, _probabilities(args.modality_probabilities),
                                           args.temperature, args.samples_per_epoch, args.seed)
-    config = _loop_config(FinetuneConfig, args, loss=args.loss, freeze=tuple(args.freeze),
+    config = _loop_config(FinetuneConfig, args, loss=loss, freeze=tuple(args.freeze),
                           early_stopping_patience=args.patience or None, decoder=args.decoder,
                           interactive=args.interactive)
     result = finetune(model, train, val, config, sampler=sampler, run_info=info)
@@ -194,6 +248,24 @@ def _finetune(args: argparse.Namespace) -> int:
     if sampler is not None:
         print(sampler.report())
     return 0
+
+
+def _classes(args: argparse.Namespace) -> tuple[dict, str]:
+    """The datasets' class options (empty without --num-classes) and the loss: --loss, else the mode's default."""
+    if args.num_classes < 0 or (args.annotated and not args.num_classes):
+        raise SystemExit("medsamlite train: --annotated needs --num-classes C > 0" if args.annotated else
+                         f"medsamlite train: --num-classes {args.num_classes}; expected C > 0 (or 0: no classes)")
+    if not args.num_classes:
+        if (args.loss or "").startswith("partial_"):
+            raise SystemExit(f"medsamlite train: --loss {args.loss} trains class outputs; expected --num-classes C")
+        return {}, args.loss or FinetuneConfig.loss
+    annotated = _annotated(args.annotated)
+    for pattern, ids in annotated.items():
+        bad = [c for c in ids if not 1 <= c <= args.num_classes]
+        if bad:
+            raise SystemExit(f"medsamlite train: --annotated {pattern!r} has class ids {bad}; "
+                             f"expected 1..{args.num_classes}")
+    return {"num_classes": args.num_classes, "annotated_classes": annotated}, args.loss or "partial_bce_dice"
 
 
 def _distill(args: argparse.Namespace) -> int:

@@ -66,10 +66,11 @@ def item_spec(config: ModelConfig | None = None, **options) -> ItemSpec:
     return ItemSpec(**{**defaults, **{k: v for k, v in options.items() if v is not None}})
 
 
-def annotated(patterns: Mapping[str, Sequence[int]], num_classes: int, case: str) -> np.ndarray:
-    """(C,) bool: the classes the source data set of `case` labels (glob on the case name; all when none matches)."""
+def annotated(patterns: Mapping[str, Sequence[int]], num_classes: int, case: str, modality: str = "") -> np.ndarray:
+    """(C,) bool: the classes the source data set of `case` labels: the first glob that matches the case name or its
+    `modality` (e.g. "CT"); all classes when none matches."""
     for pattern, classes in patterns.items():
-        if fnmatch.fnmatchcase(case, pattern):
+        if fnmatch.fnmatchcase(case, pattern) or (modality and fnmatch.fnmatchcase(modality, pattern)):
             bad = [c for c in classes if not 1 <= c <= num_classes]
             if bad:
                 raise ValueError(f"annotated_classes[{pattern!r}] has classes {bad}; expected 1..{num_classes}")
@@ -151,7 +152,7 @@ class NpzSliceDataset(NpzCases):
     with `full_mask=True` also `mask_full` (1, S, S) for a loss at input resolution; `modality`,
     `case`, `slice` (-1 for 2D) and `label`. With `num_classes`, also `targets` (C, m, m), one
     channel per class 1..C, and `annotated` (C,) bool, which classes the case's source data set
-    labels (`annotated_classes`: glob on the case name -> class ids; default all), for the
+    labels (`annotated_classes`: glob on the case name or modality -> class ids; default all), for the
     partial-label losses. `slices="random"`: one item per 3D volume, its slice drawn per epoch
     among the labelled ones; `"all"`: one item per labelled slice. With `targets_per_image=K`, up to
     K labels drawn without replacement: `boxes` (K, 4), `masks` (K, 1, m, m), `valid` (K,) and
@@ -190,7 +191,8 @@ class NpzSliceDataset(NpzCases):
         item = build_item(image, gts, np.unique(gts[gts > 0]), rng, self.spec)
         item.update(modality=self.case_modalities[self.entries[index].case], case=case_stem(path), slice=z)
         if self.num_classes is not None:
-            item["annotated"] = torch.from_numpy(annotated(self.annotated_classes, self.num_classes, case_stem(path)))
+            item["annotated"] = torch.from_numpy(annotated(self.annotated_classes, self.num_classes, case_stem(path),
+                                                           item["modality"]))
         return item
 
 

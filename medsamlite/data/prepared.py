@@ -148,5 +148,6 @@ class PreparedDataset(Dataset):
         name = PurePosixPath(self._cases["name"][case_id].decode()).name
         item.update(modality=MODALITY_CODES[int(rows["modality"][0])], case=name, slice=z)
         if self.num_classes is not None:
-            item["annotated"] = torch.from_numpy(annotated(self.annotated_classes, self.num_classes, name))
+            item["annotated"] = torch.from_numpy(annotated(self.annotated_classes, self.num_classes, name,
+                                                           item["modality"]))
         return item

@@ -8,7 +8,7 @@ from .._lazy import lazy_exports
 
 _LAZY = {
     "SamLite": "sam", "sam_heads": "sam", "PromptEncoder": "prompt_encoder", "MaskDecoder": "mask_decoder",
-    "FactorisedMaskDecoder": "factorised_decoder", "TwoWayTransformer": "transformer",
+    "FactorisedMaskDecoder": "factorised_decoder", "TwoWayTransformer": "transformer", "ClassPrompts": "class_prompts",
 }
 
 __all__ = sorted(_LAZY)

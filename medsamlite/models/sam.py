@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
 from ..constants import DECODERS
+from .class_prompts import ClassPrompts
 from .factorised_decoder import FactorisedMaskDecoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -31,20 +32,31 @@ def sam_heads(config: ModelConfig) -> tuple[PromptEncoder, MaskDecoder]:
     return prompt_encoder, mask_decoder
 
 
+def class_prompts(config: ModelConfig) -> ClassPrompts | None:
+    """The class-prompt tokens `config.num_classes` asks for; None for a box-only model."""
+    return ClassPrompts(config.num_classes, config.embed_dim) if config.num_classes else None
+
+
 class SamLite(nn.Module):
     """Image encoder + prompt encoder + mask decoder, callable as two halves (`encode`, `decode`).
 
     The parts come in built (`medsamlite.create_model` builds them from the registry); state-dict keys
-    follow the reference layout: `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`.
+    follow the reference layout: `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`, and
+    `class_prompts.*` for a model with class outputs (`config.num_classes` > 0, see `decode_classes`).
     """
 
     def __init__(self, config: ModelConfig, image_encoder: nn.Module, prompt_encoder: PromptEncoder,
-                 mask_decoder: MaskDecoder) -> None:
+                 mask_decoder: MaskDecoder, class_prompts: ClassPrompts | None = None) -> None:
         super().__init__()
+        found = class_prompts.num_classes if class_prompts is not None else 0
+        if found != config.num_classes:
+            raise ValueError(f"config '{config.name}' has num_classes={config.num_classes}; "
+                             f"the class prompts given have {found}")
         self.config = config
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        self.class_prompts = class_prompts
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (B, 3, S, S) to image embeddings (B, 256, 64, 64)."""
@@ -70,6 +82,31 @@ class SamLite(nn.Module):
             return self.decode_prepared(self.prepare(embeddings), boxes, multimask_output, points=points)
         sparse, dense = self.embed_prompts(boxes, points, masks)
         return self.mask_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+
+    def decode_classes(self, embeddings: torch.Tensor, boxes: torch.Tensor, decoder: str = "dense"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """N boxes on one shared or N paired embeddings to per-class logits (N, C, L, L) and IoU (N, C).
+
+        Each box goes through SAM's decoder once per class, its sparse prompt extended by that class's token.
+        """
+        if self.class_prompts is None:
+            raise ValueError(f"model '{self.config.name}' has no class outputs (num_classes 0); "
+                             "expected one trained with --num-classes")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
+        c = self.class_prompts.num_classes
+        sparse, dense = self.embed_prompts(boxes, None, None)
+        sparse = self.class_prompts(sparse)
+        if decoder == "factorised":
+            if embeddings.shape[0] != 1:
+                raise ValueError(f"decoder='factorised' takes one shared embedding, got {embeddings.shape[0]}")
+            logits, iou = FactorisedMaskDecoder(self.mask_decoder)(self.prepare(embeddings),
+                                                                   self.prompt_encoder.get_dense_pe(), sparse)
+        else:
+            paired = embeddings if embeddings.shape[0] == 1 else embeddings.repeat_interleave(c, 0)
+            logits, iou = self.mask_decoder(paired, self.prompt_encoder.get_dense_pe(), sparse,
+                                            dense.repeat_interleave(c, 0))
+        return logits.reshape(-1, c, *logits.shape[-2:]), iou.reshape(-1, c)
 
     def embed_prompts(self, boxes: torch.Tensor | None, points: tuple[torch.Tensor, torch.Tensor] | None,
                       masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +144,7 @@ class SamLite(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of each part and in total."""
-        parts = {name: sum(p.numel() for p in getattr(self, name).parameters())
-                 for name in ("image_encoder", "prompt_encoder", "mask_decoder")}
+        names = ("image_encoder", "prompt_encoder", "mask_decoder")
+        names += ("class_prompts",) if self.class_prompts is not None else ()
+        parts = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in names}
         return {**parts, "total": sum(parts.values())}

@@ -77,6 +77,11 @@ def takes_clicks(engine: Any) -> bool:
         return False
 
 
+def takes_classes(engine: Any) -> bool:
+    """Whether `engine` gives per-class logits (`decode_classes`): a torch model trained with class outputs."""
+    return callable(getattr(engine, "decode_classes", None)) and getattr(engine.config, "num_classes", 0) > 0
+
+
 def no_boxes(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """What `decode` returns for zero boxes: empty logits (0, 1, L, L) and IoU (0, 1)."""
     side = config.low_res_size

@@ -242,8 +242,13 @@ def peek_kind(path: str | Path) -> str:
                         "case with keys 'imgs' and 'boxes'") from None
 
 
-def write_segs(path: str | Path, segs: np.ndarray) -> Path:
-    """Write `segs` with `np.savez_compressed` to a temporary file beside `path`, then rename (atomic)."""
+# output key of the class maps of a model with class outputs (`predict --classes`): (C, H, W) or (C, D, H, W) uint8
+CLASSES_KEY = "classes"
+
+
+def write_segs(path: str | Path, segs: np.ndarray, classes: np.ndarray | None = None) -> Path:
+    """Write `segs` (and `classes` under `CLASSES_KEY`) with `np.savez_compressed` to a temporary file beside
+    `path`, then rename (atomic)."""
     with atomic_file(path) as f:
-        np.savez_compressed(f, segs=segs)
+        np.savez_compressed(f, segs=segs, **({CLASSES_KEY: classes} if classes is not None else {}))
     return Path(path)

@@ -18,7 +18,7 @@ import numpy as np
 from .preprocess import (box_from_mask, masks_from_logits, pad_bottom_right, postprocess_logits,
                           preprocess_image, resize_longest_side, resized_shape, scale_boxes)
 from .decoders import decoder_for
-from .engine import as_engine, takes_clicks
+from .engine import as_engine, takes_classes, takes_clicks
 from .npz import CaseError, check_case, label_dtype, read_case, write_segs
 from .overlay import write_overlay
 from .slice_cache import SliceCache
@@ -188,10 +188,18 @@ class Predictor:
         self.timer.reset()
         return self._predict_3d(*self._checked(volume, boxes, "3D"))
 
+    def predict_classes(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Class maps of a model with class outputs: (C, H, W) uint8 of an image and boxes (N, 4), (C, D, H, W) of a
+        volume and boxes (N, 6); map c is 1 where some box's class-c mask covers the pixel. A 3D box is decoded
+        from itself on every slice of its z range (no propagation: a class may be absent from the middle slice)."""
+        self.timer.reset()
+        return self._predict_classes(image, boxes)
+
     def predict_file(self, in_path: str | Path, out_path: str | Path, overlay: str | Path | None = None,
-                     clicks: list[list[Click]] | None = None) -> CaseResult:
+                     clicks: list[list[Click]] | None = None, classes: bool = False) -> CaseResult:
         """Segment one task `.npz` case and write `segs` to `out_path` atomically (and an overlay PNG to `overlay`);
-        `clicks`: rounds of clicks, each refining the result of the one before (see `refine`)."""
+        `clicks`: rounds of clicks, each refining the result of the one before (see `refine`); `classes`: also
+        the class maps (`predict_classes`) under the key `npz.CLASSES_KEY`."""
         start = time.perf_counter()
         self.timer.reset()
         in_path, out_path = Path(in_path), Path(out_path)
@@ -208,8 +216,9 @@ class Predictor:
             segs = state.segs
         else:
             segs = (self._predict_2d if case.kind == "2D" else self._predict_3d)(case.imgs, case.boxes)
+        maps = self._predict_classes(case.imgs, case.boxes) if classes else None
         with self.timer("write"):
-            write_segs(out_path, segs)
+            write_segs(out_path, segs, maps)
             if overlay is not None:
                 write_overlay(overlay, case.kind, case.imgs, case.boxes, segs)
         return CaseResult(case.name, case.kind, tuple(case.imgs.shape), len(case.boxes),
@@ -343,6 +352,43 @@ class Predictor:
 
     def _best(self, shape: tuple[int, ...]) -> np.ndarray | None:
         return np.full(shape, -np.inf, np.float32) if self.overlap == "argmax" else None
+
+    # class outputs -------------------------------------------------------------------------------
+
+    def _predict_classes(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        if not takes_classes(self.engine):
+            raise TypeError(f"{self.engine!r} has no class outputs; expected a torch model trained with class "
+                            "outputs (`medsamlite train finetune --num-classes C`)")
+        kind = "3D" if np.ndim(boxes) == 2 and np.shape(boxes)[1] == 6 else "2D"
+        image, boxes = self._checked(image, boxes, kind)
+        if kind == "2D":
+            return self._class_plane(image, boxes)
+        maps = np.zeros((self.config.num_classes, *image.shape[:3]), np.uint8)
+        for z in range(image.shape[0]):
+            rows = boxes[(boxes[:, 2] <= z) & (z <= boxes[:, 5])]
+            if len(rows):
+                maps[:, z] = self._class_plane(image[z], rows[:, [0, 1, 3, 4]])
+        return maps
+
+    def _class_plane(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """(C, H, W) uint8: the union over `boxes` (N, 4) of each class's mask on one 2D image."""
+        original = tuple(image.shape[:2])
+        maps = np.zeros((self.config.num_classes, *original), np.uint8)
+        if len(boxes) == 0:
+            return maps
+        with self.timer("preprocess"):
+            x, resized = self._preprocess(image)
+            prompts = scale_boxes(boxes, original, self.config.box_frame)
+        embedding = self._encode(x)
+        for start in range(0, len(prompts), self.chunk_size):
+            with self.timer("decode"):
+                low = _finite(self.engine.decode_classes(embedding, prompts[start:start + self.chunk_size]),
+                              "class logits")
+            with self.timer("postprocess"):
+                for c in range(len(maps)):
+                    logits = postprocess_logits(low[:, c], resized, original, self.config.input_size)
+                    maps[c] |= masks_from_logits(logits).any(0)
+        return maps
 
     # interactive ---------------------------------------------------------------------------------
 

@@ -8,6 +8,13 @@ beforehand keeps its choice; frozen named parts stay in eval mode. Items hold on
 `mask`) or K (`boxes`, `masks`, `valid`): the image is encoded once and all its valid boxes go
 through the decoder in one call; the loss is averaged over the valid masks. With `interactive` > 0, each
 step also trains that many rounds of simulated clicks (`training.interactive`).
+
+Partial labels (MultiTalent's, the FMLLM tutorial's): with a partial-label loss (`partial_bce_dice`,
+`partial_bce`, `partial_dice`) the model's class outputs are trained instead (`SamLite.decode_classes`:
+C learned class-prompt tokens beside each box, added by `factory.with_classes`). The items carry
+`targets` (C, m, m) and `annotated` (C,) (a dataset with `num_classes`); each box's target for class c
+is class c's mask inside the box, and the classes its source data set does not annotate get exactly
+zero gradient (`PartialLabelLoss`): unknown, not background.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from .config import FinetuneConfig, TrainConfig
 from .frozen import train_mode
 from .interactive import InteractiveForward, interactive_loss
 from .loop import Task, TrainResult, to_device, train
-from .losses import BoxLoss, get_loss
+from .losses import BoxLoss, PartialLabelLoss, get_loss
 
 BEST_DIR, MODEL_DIR = "best", "model"
 
@@ -67,24 +74,44 @@ def targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return batch["box"], batch["mask"], torch.arange(len(batch["box"]), device=batch["box"].device)
 
 
+def box_region(boxes: torch.Tensor, size: int, frame: int) -> torch.Tensor:
+    """(N, 1, size, size) bool: the pixels of a size x size mask (covering the S = `frame` square) inside each box."""
+    centres = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) * (frame / size)
+    inside_x = (centres >= boxes[:, 0:1]) & (centres <= boxes[:, 2:3])
+    inside_y = (centres >= boxes[:, 1:2]) & (centres <= boxes[:, 3:4])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
+
+
+def class_targets(batch: dict, boxes: torch.Tensor, owner: torch.Tensor, frame: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each box's per-class targets (N, C, m, m), its image's classes inside the box, and annotation flags (N, C)."""
+    if "targets" not in batch or "annotated" not in batch:
+        raise ValueError("a partial-label loss needs items with 'targets' (C, m, m) and 'annotated' (C,); "
+                         "expected a dataset built with num_classes=C")
+    targets = batch["targets"][owner]
+    return targets * box_region(boxes, targets.shape[-1], frame).to(targets.dtype), batch["annotated"][owner]
+
+
 class BoxForward(nn.Module):
     """One encoder pass per image, then every box of the batch through the decoder: in one call (dense), or
     per image on its box-independent part computed once (factorised: the same loss and gradients to rounding;
-    decoder forward + backward of 8 boxes on one image 1.35 -> 0.70 s, 1 box 0.17 -> 0.23 s, CPU)."""
+    decoder forward + backward of 8 boxes on one image 1.35 -> 0.70 s, 1 box 0.17 -> 0.23 s, CPU).
+    `classes=True`: each box's per-class logits (`SamLite.decode_classes`) instead of its one mask."""
 
-    def __init__(self, model: nn.Module, decoder: str = "dense") -> None:
+    def __init__(self, model: nn.Module, decoder: str = "dense", classes: bool = False) -> None:
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
-        self.model, self.decoder = model, decoder
+        self.model, self.decoder, self.classes = model, decoder, classes
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.model.encode(images)
+        decode = self.model.decode_classes if self.classes else self.model.decode
         if self.decoder == "dense":
-            return self.model.decode(embeddings if len(images) == 1 else embeddings[owner], boxes)
+            return decode(embeddings if len(images) == 1 else embeddings[owner], boxes)
         rows = [(owner == i).nonzero()[:, 0] for i in range(len(images))]
-        parts = [self.model.decode(embeddings[i:i + 1], boxes[r], decoder="factorised")
+        parts = [decode(embeddings[i:i + 1], boxes[r], decoder="factorised")
                  for i, r in enumerate(rows) if len(r)]
         order = torch.cat([r for r in rows if len(r)])
         back = torch.empty_like(order)
@@ -99,22 +126,46 @@ def box_loss(forward: nn.Module, loss_fn: nn.Module, batch: dict) -> tuple[torch
     return loss_fn(logits.float(), masks, iou.float()), logits, masks
 
 
+def class_loss(forward: nn.Module, loss_fn: nn.Module, batch: dict, frame: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(partial-label loss over the batch's valid boxes, per-class logits, targets, annotated); `frame`: box frame S."""
+    boxes, _, owner = targets(batch)
+    logits, _ = forward(batch["image"], boxes, owner)
+    masks, annotated = class_targets(batch, boxes, owner, frame)
+    return loss_fn(logits.float(), masks, annotated), logits, masks, annotated
+
+
+def scored_loss(forward: nn.Module, loss_fn: nn.Module, batch: dict, frame: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, DSC of each scored mask): each valid box's mask, or with a partial-label loss its annotated classes."""
+    if isinstance(loss_fn, PartialLabelLoss):
+        loss, logits, masks, annotated = class_loss(forward, loss_fn, batch, frame)
+        kept = annotated.bool()
+        return loss, dice_scores(logits[kept], masks[kept])
+    loss, logits, masks = box_loss(forward, loss_fn, batch)
+    return loss, dice_scores(logits, masks)
+
+
 @torch.no_grad()
 def evaluation_sums(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, batch_size: int = 4,
                     num_workers: int = 0, device: torch.device | str | None = None) -> tuple[float, float, int]:
-    """(loss summed over masks, DSC summed over masks, masks) over `data` in eval mode; a shard's part of `evaluate`."""
+    """(loss summed over masks, DSC summed over masks, masks) over `data` in eval mode; a shard's part of `evaluate`.
+
+    With a partial-label loss the masks are each box's annotated classes."""
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False,
                                                                   num_workers=num_workers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    forward = BoxForward(model)
+    classes = isinstance(loss_fn, PartialLabelLoss)
+    forward = BoxForward(model, classes=classes)
+    frame = model.config.box_frame if classes else 0  # the box path needs no frame (and adapted models no config)
     total_loss, dsc, n = 0.0, 0.0, 0
     for batch in loader:
-        loss, logits, masks = box_loss(forward, loss_fn, to_device(batch, device))
-        total_loss += float(loss) * len(logits)
-        dsc += float(dice_scores(logits, masks).sum())
-        n += len(logits)
+        loss, scores = scored_loss(forward, loss_fn, to_device(batch, device), frame)
+        total_loss += float(loss) * len(scores)
+        dsc += float(scores.sum())
+        n += len(scores)
     if was_training:
         train_mode(model)
     return total_loss, dsc, n
@@ -130,22 +181,30 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, b
 
 
 class FinetuneTask(Task):
-    """Box-prompted mask loss of `model` (its named parts frozen); `save` writes best and final models."""
+    """Box-prompted mask loss of `model` (its named parts frozen), or with a partial-label loss the masked loss of
+    its class outputs; `save` writes best and final models."""
 
     name = "finetune"
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, frozen: Iterable[str] = ("prompt_encoder",),
                  save: Callable[[nn.Module, Path], None] = save_best, decoder: str = "dense",
                  interactive: int = 0) -> None:
-        if not isinstance(loss_fn, BoxLoss):
-            raise ValueError(f"loss {type(loss_fn).__name__} is not a box-prompted loss (logits, mask, iou); "
-                             "finetune trains one mask per box — partial-label losses need a multi-class head")
-        if interactive and decoder != "dense":
+        self.classes = isinstance(loss_fn, PartialLabelLoss)
+        if not self.classes and not isinstance(loss_fn, BoxLoss):
+            raise ValueError(f"loss {type(loss_fn).__name__} is neither a box-prompted loss (logits, mask, iou) "
+                             "nor a partial-label loss (logits, targets, annotated)")
+        if self.classes and not getattr(model.config, "num_classes", 0):
+            raise ValueError(f"loss {type(loss_fn).__name__} trains class outputs and model '{model.config.name}' "
+                             "has none (num_classes 0): box-prompted finetuning takes litemedsam, daft or "
+                             "dice_focal; add class outputs with --num-classes (factory.with_classes)")
+        if interactive and (decoder != "dense" or self.classes):
             raise ValueError("interactive fine-tuning feeds the previous mask back, which only the dense decoder "
-                             f"takes; got decoder={decoder!r}")
+                             f"takes, and trains box masks, not class outputs; got decoder={decoder!r}"
+                             + (f", loss {type(loss_fn).__name__}" if self.classes else ""))
         self.model, self.loss_fn, self.save, self.interactive = model, loss_fn, save, interactive
         freeze(model, frozen)
-        self.forward = InteractiveForward(model, interactive) if interactive else BoxForward(model, decoder)
+        self.forward = (InteractiveForward(model, interactive) if interactive
+                        else BoxForward(model, decoder, self.classes))
 
     def module(self) -> nn.Module:
         return self.forward
@@ -157,6 +216,9 @@ class FinetuneTask(Task):
         train_mode(self.model)  # frozen BatchNorm statistics and dropout stay as trained
 
     def step(self, module: nn.Module, batch: dict) -> tuple[torch.Tensor, int, int]:
+        if self.classes:
+            loss, logits, _, _ = class_loss(module, self.loss_fn, batch, self.model.config.box_frame)
+            return loss, len(batch["image"]), logits.shape[:2].numel()  # masks: boxes x classes
         if self.interactive:
             boxes, masks, owner = targets(batch)
             loss, logits = interactive_loss(module, self.loss_fn, batch, boxes, masks, owner)

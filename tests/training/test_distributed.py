@@ -2,8 +2,8 @@
 rank 0's (the loop gathers each rank's weight digest into run.json and fails on a mismatch), and 2 processes x
 batch B equal 1 process x batch 2B for a model without batch statistics in training (decoder only).
 
-The matrix: every mode the CLI offers (finetune with each decoder and freeze choice, distill with and
-without the teacher cache, daft with each adapter method) in one process group per mode
+The matrix: every mode the CLI offers (finetune with each decoder and freeze choice, finetune with partial labels,
+distill with and without the teacher cache, daft with each adapter method) in one process group per mode
 (`launch_worker.py` runs the command lines one after the other), each run resumed from its first
 checkpoint to the same weights; and a run killed between checkpoints resumed to the uninterrupted result.
 
@@ -139,6 +139,9 @@ def matrix(mode: str, root: Path) -> dict[str, list[str]]:
                 "dense-none": [*ft, "--freeze"],
                 "factorised-image_encoder": [*ft, "--decoder", "factorised", "--freeze", "image_encoder"],
                 "factorised-both": [*ft, "--decoder", "factorised", "--freeze", "image_encoder", "prompt_encoder"]}
+    if mode == "finetune-partial":  # class outputs with the masked loss; Endoscopy's source lacks class 3
+        return {"partial": ["finetune", *common, "--model", str(root / "tiny"), "--targets-per-image", "2",
+                            "--num-classes", "3", "--annotated", "2DBox_Endoscopy_*=1,2"]}
     if mode == "distill":
         ds = ["distill", *common, "--epochs", "2", "--student", str(root / "tiny"), "--teacher", str(root / "teacher")]
         return {"no-cache": ds,  # the launcher's bf16
@@ -152,7 +155,7 @@ def matrix(mode: str, root: Path) -> dict[str, list[str]]:
                 *(["--include-decoder"] if m in linear_only else [])] for m in list_methods()}
 
 
-@pytest.mark.parametrize("mode", ["finetune", "distill", "daft"])
+@pytest.mark.parametrize("mode", ["finetune", "finetune-partial", "distill", "daft"])
 def test_every_mode_on_two_processes_writes_once_and_resumes(setup, tmp_path, mode):
     root, env = setup
     cases = matrix(mode, root)
@@ -174,6 +177,9 @@ def test_every_mode_on_two_processes_writes_once_and_resumes(setup, tmp_path, mo
         assert list((root / "teacher-cache").rglob("*.npy"))
     if mode == "finetune":  # a box-only prompt leaves these without gradient; DDP needs them frozen
         assert "prompt_encoder.point_embeddings.0.weight" in out.stdout
+    if mode == "finetune-partial":  # the loss takes no IoU: its head is frozen, the class prompts train
+        assert "mask_decoder.iou_prediction_head" in out.stdout
+        assert load_model(tmp_path / "partial" / "model").config.num_classes == 3
 
 
 def test_a_run_killed_between_checkpoints_resumes_to_the_uninterrupted_result(setup, tmp_path):
