@@ -115,8 +115,9 @@ class TorchEngine(Closable):
         if not len(rows):
             side = self.config.low_res_size
             return np.zeros((0, self.config.num_classes, side, side), np.float32)
+        decoder = self.decoder_for(len(rows))  # "auto" picks as decode does for this many boxes
         with self._inference():
-            logits = [self.model.decode_classes(emb, rows[i:i + 1], decoder=self.decoder)[0] for i in range(len(rows))]
+            logits = [self.model.decode_classes(emb, rows[i:i + 1], decoder=decoder)[0] for i in range(len(rows))]
         return torch.cat(logits).float().cpu().numpy()
 
     def prepare(self, embedding: np.ndarray) -> dict[str, torch.Tensor]:
