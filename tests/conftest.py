@@ -106,6 +106,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_compile_cache(cache_dir: Path):
+    """Compiles that name no cache (the CLI's, the docs') go to the session's, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDSAMLITE_CACHE", str(cache_dir))
+        yield
+
+
 def max_rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |a - e| / max |e|."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)

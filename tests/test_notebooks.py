@@ -24,6 +24,8 @@ NOTEBOOKS = {
 def test_notebook_runs_and_writes_its_figures(name: str, tmp_path, monkeypatch) -> None:
     figures = Path(os.environ.get("MEDSAMLITE_FIGURES") or tmp_path / "figures")
     monkeypatch.setenv("MEDSAMLITE_NOTEBOOK_SMALL", "1")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the notebooks' scratch folders go when the test passes
     monkeypatch.setenv("MEDSAMLITE_FIGURES", str(figures))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     for png in NOTEBOOKS[name]:
