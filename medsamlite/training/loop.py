@@ -389,6 +389,10 @@ class _Run:
         self.scheduler.step()
         self.progress.step += 1
         row = self.meter.reduce(self.accelerator)
+        if not math.isfinite(row["loss"]):  # every rank sees the reduced loss, so every rank stops here
+            raise FloatingPointError(f"step {self.progress.step}: the loss is {row['loss']} (precision "
+                                     f"{self.accelerator.mixed_precision}); the run stops: its weights are no longer "
+                                     "finite, and the last checkpoint is the one to resume from")
         self.progress.losses.append(row["loss"])
         if self.main:
             self._report(row, lr)

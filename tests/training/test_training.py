@@ -289,6 +289,20 @@ def test_bad_settings_fail_with_one_line(tmp_path, case_dir):
                                                       progress=False))
 
 
+def test_a_loss_that_is_no_longer_finite_stops_the_run_naming_the_step(tmp_path, case_dir):
+    train, _ = datasets(case_dir)
+
+    def poison(model, optimizer):  # after step 2's update: the weights the next forward uses are NaN
+        if optimizer.state and len(poison.calls) == 1:
+            with torch.no_grad():
+                model.mask_decoder.output_upscaling[0].weight.fill_(float("nan"))
+        poison.calls.append(1)
+    poison.calls = []
+    config = FinetuneConfig(output_dir=str(tmp_path), epochs=2, max_steps=6, save_every=None, progress=False)
+    with pytest.raises(FloatingPointError, match=r"^step 3: the loss is nan \(precision no\)"):
+        finetune(model(), train, None, config, after_step=poison)
+
+
 def test_early_stopping_without_improvement(tmp_path, case_dir):
     train, val = datasets(case_dir)
     config = FinetuneConfig(output_dir=str(tmp_path), epochs=10, lr=0.0, early_stopping_patience=2, max_steps=30,
