@@ -17,6 +17,7 @@ NOTEBOOKS = {
     "01_quickstart.ipynb": ["quickstart_overlays.png"],
     "02_encoder_ablation.ipynb": ["encoder_ablation.png"],
     "03_adapter_ablation.ipynb": ["adapter_ablation.png", "arena_ranks.png", "fewshot.png"],
+    "04_interactive.ipynb": ["interactive_rounds.png"],
 }
 
 

@@ -66,14 +66,24 @@ def item_spec(config: ModelConfig | None = None, **options) -> ItemSpec:
     return ItemSpec(**{**defaults, **{k: v for k, v in options.items() if v is not None}})
 
 
+def check_annotated(patterns: Mapping[str, Sequence[int]] | None, num_classes: int | None
+                    ) -> dict[str, list[int]]:
+    """`annotated_classes` as a dict, checked when a data set is made (not at its first item): ids 1..C."""
+    patterns = {str(k): [int(c) for c in v] for k, v in (patterns or {}).items()}
+    if patterns and not num_classes:
+        raise ValueError("annotated_classes needs num_classes (the class outputs the ids refer to)")
+    for pattern, classes in patterns.items():
+        bad = [c for c in classes if not 1 <= c <= num_classes]
+        if bad:
+            raise ValueError(f"annotated_classes[{pattern!r}] has classes {bad}; expected 1..{num_classes}")
+    return patterns
+
+
 def annotated(patterns: Mapping[str, Sequence[int]], num_classes: int, case: str, modality: str = "") -> np.ndarray:
-    """(C,) bool: the classes the source data set of `case` labels: the first glob that matches the case name or its
-    `modality` (e.g. "CT"); all classes when none matches."""
+    """(C,) bool: the classes the source data set of `case` labels (`patterns` as `check_annotated` returns them):
+    the first glob that matches the case name or its `modality` (e.g. "CT"); all classes when none matches."""
     for pattern, classes in patterns.items():
         if fnmatch.fnmatchcase(case, pattern) or (modality and fnmatch.fnmatchcase(modality, pattern)):
-            bad = [c for c in classes if not 1 <= c <= num_classes]
-            if bad:
-                raise ValueError(f"annotated_classes[{pattern!r}] has classes {bad}; expected 1..{num_classes}")
             flags = np.zeros(num_classes, dtype=bool)
             flags[np.asarray(classes, dtype=np.int64) - 1] = True
             return flags
@@ -169,7 +179,7 @@ class NpzSliceDataset(NpzCases):
         self.spec = item_spec(config, input_size=input_size, normalization=normalization, mask_size=mask_size,
                               box_shift=box_shift, flips=augment, full_mask=full_mask, num_classes=num_classes,
                               targets_per_image=targets_per_image, augmentation=augmentation if augment else None)
-        self.num_classes, self.annotated_classes = num_classes, dict(annotated_classes or {})
+        self.num_classes, self.annotated_classes = num_classes, check_annotated(annotated_classes, num_classes)
         super().__init__(cases, slices, augment, modality_overrides, seed)
 
     def _candidate_slices(self, path: Path) -> np.ndarray:

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from ..config import ModelConfig
 from ..constants import FORMAT_PREPARED
 from .augment import Augmentation
-from .datasets import annotated, item_spec
+from .datasets import annotated, check_annotated, item_spec
 from .items import build_item
 from .prepare import CASES_DIR, CASES_FILE, IMAGE_FILE, INDEX_FILE, LABELS_FILE, MANIFEST, MODALITY_CODES
 
@@ -67,7 +67,7 @@ class PreparedDataset(Dataset):
         self.spec = item_spec(config, input_size=input_size, normalization=normalization, mask_size=mask_size,
                               box_shift=box_shift, flips=augment, full_mask=full_mask, num_classes=num_classes,
                               targets_per_image=targets_per_image, augmentation=augmentation if augment else None)
-        self.num_classes, self.annotated_classes = num_classes, dict(annotated_classes or {})
+        self.num_classes, self.annotated_classes = num_classes, check_annotated(annotated_classes, num_classes)
         self.seed, self.epoch, self.open_cases = seed, 0, open_cases
         self._index, self._cases = open_index(self.root)
         starts, ends = item_bounds(self._index)

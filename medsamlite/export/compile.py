@@ -265,6 +265,10 @@ def export(model: "SamLite", directory: str | Path, backend: str = "openvino", p
     """Write a self-describing compiled folder to `directory` (what `predict --model DIR` opens)."""
     directory = Path(directory)
     check_export_directory(directory)
+    if model.config.num_classes:  # the graphs are the box decoder's; the class prompts stay in torch
+        warnings.warn(f"{model.config.name}: its {model.config.num_classes} class outputs are not exported; "
+                      f"{directory} decodes boxes only (class maps need the torch model: `predict --classes`)",
+                      UserWarning, stacklevel=2)
     compiled = compile(model, backend, cache_dir, precision, calibration=calibration, decoders=DECODERS)
     with building(directory) as tmp:
         shutil.copytree(compiled.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ov_cache"))

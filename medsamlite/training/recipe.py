@@ -73,7 +73,9 @@ class StudentRecipe:
 
 RECIPES = {
     "student-v1": StudentRecipe("student-v1", "litemedsam_s8", "teacher-trunk", lr=5e-4),
-    "repvit-neck": StudentRecipe("repvit-neck", "repvit_m0_6_medsam", "teacher-neck", lr=1e-3),
+    # f32: under bf16 autocast its random trunk's gradients reached inf by the second step (blocks.6's token
+    # mixer first; the loop stops at the NaN loss that follows), while f32 trains (docs/training.md)
+    "repvit-neck": StudentRecipe("repvit-neck", "repvit_m0_6_medsam", "teacher-neck", lr=1e-3, precision="f32"),
 }
 
 
@@ -231,7 +233,7 @@ def ship_student(output: str | Path, destination: str | Path, data_dir: str | Pa
     recipe = StudentRecipe(**plan["recipe"])
     shared = Path(data_dir).expanduser() if data_dir else out
     student, teacher = load_model(out / "student"), create_model(recipe.teacher, pretrained=True)
-    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in student.state_dict().items()}  # a copy: load_state_dict rounds in place
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     student.load_state_dict(half)  # rounded through fp16, back in the model's f32
     rounded = measure(student.eval(), teacher, prepare_data(recipe, shared), shared)

@@ -11,19 +11,12 @@ from medsamlite.training.finetune import FinetuneConfig, FinetuneTask, finetune
 from medsamlite.training.interactive import sample_clicks
 from medsamlite.training.losses import get_loss
 import tiny
+from tiny import registered_tiny  # noqa: F401 (autouse: the tiny encoder registered)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def tiny_encoder(monkeypatch):
-    monkeypatch.setitem(tiny.registry._ENCODERS, tiny.ENCODER, tiny.SPEC)
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory):
-    return tiny.write_cases(tmp_path_factory.mktemp("cases"), 8)
+case_dir = tiny.cases_fixture(8)
 
 
 def test_clicks_land_in_the_error_positive_on_missed_pixels_negative_on_spurious_ones():

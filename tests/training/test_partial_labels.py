@@ -18,6 +18,7 @@ from medsamlite.factory import build_model, load_model, with_classes
 from medsamlite.training.finetune import FinetuneConfig, FinetuneTask, finetune
 from medsamlite.training.losses import get_loss
 import tiny
+from tiny import registered_tiny  # noqa: F401 (autouse: the tiny encoder registered)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 C = 3
@@ -25,15 +26,7 @@ C = 3
 ANNOTATED = {"2DBox_Endoscopy_*": [1, 2]}
 
 
-@pytest.fixture(autouse=True)
-def tiny_encoder(monkeypatch):
-    monkeypatch.setitem(tiny.registry._ENCODERS, tiny.ENCODER, tiny.SPEC)
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory) -> Path:
-    return tiny.write_cases(tmp_path_factory.mktemp("cases"), 6)
+case_dir = tiny.cases_fixture(6)
 
 
 def class_model(seed: int = 0):
@@ -153,6 +146,21 @@ def test_predict_classes_in_3d_decodes_each_slice_of_a_box_and_nothing_outside()
     assert predictor.predict_classes(volume[0], np.array([[8, 8, 40, 40]])).shape == (C, 64, 64)
     with pytest.raises(TypeError, match="has no class outputs"):
         Predictor(build_model(tiny.CONFIG).eval()).predict_classes(volume[0], np.array([[8, 8, 40, 40]]))
+
+
+def test_bad_annotated_ids_fail_when_the_data_set_is_made_not_at_its_first_item(case_dir):
+    with pytest.raises(ValueError, match=r"annotated_classes\['US'\] has classes \[4\]; expected 1..3"):
+        NpzSliceDataset(case_files(case_dir), tiny.CONFIG, num_classes=C, annotated_classes={"US": [1, 4]})
+    with pytest.raises(ValueError, match="annotated_classes needs num_classes"):
+        NpzSliceDataset(case_files(case_dir), tiny.CONFIG, annotated_classes={"US": [1]})
+
+
+def test_exporting_a_class_model_warns_that_its_class_outputs_stay_behind(tmp_path):
+    from medsamlite.export import export
+
+    with pytest.warns(UserWarning, match="its 3 class outputs are not exported"):
+        folder = export(class_model().eval(), tmp_path / "exported", backend="onnxruntime", cache_dir=tmp_path / "c")
+    assert (folder / "encoder.onnx").exists()
 
 
 def test_annotated_classes_by_case_glob_modality_or_json_file(tmp_path):

@@ -23,19 +23,12 @@ from medsamlite.training.distill import DistillConfig, distill
 from medsamlite.training.finetune import BoxForward, FinetuneConfig, FinetuneTask, evaluate, finetune
 from medsamlite.training.losses import get_loss
 import tiny
+from tiny import registered_tiny  # noqa: F401 (autouse: the tiny encoder registered)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def tiny_encoder(monkeypatch):
-    monkeypatch.setitem(tiny.registry._ENCODERS, tiny.ENCODER, tiny.SPEC)
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory) -> Path:
-    return tiny.write_cases(tmp_path_factory.mktemp("cases"), 16)
+case_dir = tiny.cases_fixture(16)
 
 
 def model(seed: int = 0, **changes):

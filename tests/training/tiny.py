@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from torch import nn
 
 from medsamlite import registry
@@ -86,3 +88,18 @@ def write_cases(root: Path, n: int, seed: int = 0, size: int = 64) -> Path:
         np.savez_compressed(root / "imgs" / name, imgs=image, boxes=np.zeros((0, 4)), spacing=np.ones(2))
         np.savez_compressed(root / "gts" / name, gts=gts)
     return root
+
+
+@pytest.fixture(autouse=True)
+def registered_tiny(monkeypatch):
+    """Autouse where a test module imports it: the tiny encoder registered for the test, one torch thread."""
+    monkeypatch.setitem(registry._ENCODERS, ENCODER, SPEC)
+    torch.set_num_threads(1)
+
+
+def cases_fixture(n: int):
+    """A module-scoped `case_dir` fixture: `n` tiny cases written once per test module."""
+    @pytest.fixture(scope="module")
+    def case_dir(tmp_path_factory) -> Path:
+        return write_cases(tmp_path_factory.mktemp("cases"), n)
+    return case_dir
