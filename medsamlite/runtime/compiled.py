@@ -3,9 +3,10 @@
 A compiled folder (a cache entry or the output of `medsamlite export`) holds the image encoder, the
 graphs of its decoders (dense: the prompt encoder + mask decoder; factorised: its `prepare` and
 `factorised` graphs; an export holds both, a cache entry the one it was compiled for), the prompts graph
-where it was asked for (`prompts: true`; an export holds it: points and mask prompts, what `Predictor.refine`
-sends, one box and P >= 1 points per call, P dynamic), plus `config.json`, which says what it is: the `ModelConfig`, backend, precision, cache key, the decoders
-it has (`decoders`), the prepared tensors' names and shapes in graph order (`prepared`), the factorised graph's static box count
+where it was asked for (an export holds it: points and mask prompts, what `Predictor.refine` sends, one box
+and P >= 1 points per call, P dynamic), plus `config.json`, which says what it is: the `ModelConfig`, backend,
+precision, cache key, the decoders it has (`decoders`), whether it has the prompts graph (`prompts`), the
+prepared tensors' names and shapes in graph order (`prepared`), the factorised graph's static box count
 (`factorised_boxes`), the threshold from which "auto" picks the factorised decoder per CPU and precision
 where export measured it (`factorised_from`, see `decoders`), the versions that built it and the digest of
 every file. `load` checks the files of the graphs the engine may run against their digests (not those of a

@@ -185,6 +185,25 @@ def test_a_folder_without_the_prompts_graph_refuses_clicks_in_one_line(exported,
             full.decode(embedding, None, points=np.zeros((1, 1, 2)), labels=np.ones((1, 1)))
 
 
+def test_a_damaged_prompts_graph_is_caught_when_the_first_click_opens_it(exported, tmp_path: Path) -> None:
+    from medsamlite.runtime.files import IntegrityError
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(exported("onnxruntime"), folder)
+    graph = folder / "prompts.onnx"
+    size = graph.stat().st_size
+    with open(graph, "r+b") as f:  # the middle overwritten, the size unchanged
+        f.seek(size // 4)
+        f.write(np.random.default_rng(0).integers(0, 256, size // 2, dtype=np.uint8).tobytes())
+    embedding = golden_arrays(golden_case_for(CHEAP))["image_embedding"]
+    box = np.array([[20, 30, 120, 140]], np.float32)
+    with load(folder) as engine:  # load and boxes never read it
+        engine.decode(embedding, box)
+        with pytest.raises(IntegrityError, match="prompts.onnx") as error:
+            engine.decode(embedding, box, points=np.array([[[60, 70]]], np.float32), labels=np.ones((1, 1)))
+        assert "\n" not in str(error.value)
+
+
 def test_predict_clicks_on_an_exported_folder_runs_its_runtime(exported, tmp_path: Path) -> None:
     from medsamlite.cli import main
 
