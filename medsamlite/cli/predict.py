@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clicks", type=Path, default=None, metavar="JSON",
                         help='scripted corrections of .npz cases: {"<case>.npz": [round, ...]}, a round a list of '
                              '{"label": n, "point": [x, y] or [x, y, z], "positive": true|false} in the case\'s '
-                             "pixels; each round refines the last (docs/inference.md); runs the torch model")
+                             "pixels; each round refines the last (docs/inference.md); runs the torch model, or "
+                             "an exported folder on its runtime")
     parser.add_argument("--classes", action="store_true",
                         help=".npz cases: also write the class maps of a model trained with class outputs (train "
                              "finetune --num-classes C) under the key 'classes' of each output: (C, H, W) or "
@@ -162,7 +163,8 @@ def volume_options(args: argparse.Namespace, cases: list[Path]) -> dict[str, Any
 
 
 def case_clicks(args: argparse.Namespace, cases: list[Path]) -> dict[str, list]:
-    """--clicks read and checked against the cases (a click file runs the torch model); {} without one."""
+    """--clicks read and checked against the cases (a click file runs the torch model, or an exported folder on its
+    runtime); {} without one."""
     from ..runtime.npz import CaseError
     from ..runtime.predictor import read_clicks
 
@@ -175,9 +177,19 @@ def case_clicks(args: argparse.Namespace, cases: list[Path]) -> dict[str, list]:
     names = {p.name for p in cases if not is_volume(p)}
     for name in sorted(set(clicks) - names):
         print(f"warning: {args.clicks}: no .npz case named {name!r} in {args.input}", file=sys.stderr)
-    if args.backend == "auto":  # compiled graphs take boxes only
+    if args.backend == "auto" and not _exported(args.model):  # a compile for predict holds no prompts graph
         args.backend = "torch"
     return clicks
+
+
+def _exported(model: Any) -> bool:
+    """Whether `--model` names an exported (compiled) folder."""
+    from ..runtime import folders
+
+    try:
+        return Path(model).is_dir() and folders.describe(model) == folders.COMPILED
+    except (ValueError, OSError):
+        return False
 
 
 def check_classes(args: argparse.Namespace, cases: list[Path]) -> None:
@@ -315,6 +327,8 @@ def run(args: argparse.Namespace) -> int:
         check_class_outputs(args, predictor)
         if clicks and not hasattr(predictor, "refine"):
             raise SetupError(f"{args.clicks}: clicks need one torch model; '{args.model}' opened as a router")
+        if clicks and getattr(engine, "clicks_refused", None):
+            raise SetupError(f"{args.clicks}: {engine.clicks_refused}")
         if args.overlay is not None:
             writable_folder(args.overlay)
     except BaseException as error:  # a setup error, or Ctrl-C while compiling: nothing of this run stays behind

@@ -6,7 +6,9 @@ Two cached stages, each an atomic folder under the cache dir:
    encoder + mask decoder (static, one box); "factorised", its two graphs (`prepare`: embedding ->
    per-image tensors; `factorised`: those + a static batch of `FACTORISED_BOXES` boxes). An entry holds
    the decoder it is compiled for (`export` writes both; `decoder=None`, the encoder alone, for benchmarks):
-   tracing and converting a decoder it never runs would add a third to every first compile.
+   tracing and converting a decoder it never runs would add a third to every first compile. "prompts" (points
+   and mask prompts, what `Predictor.refine` sends) is traced where asked (`prompts=True`; `export` asks):
+   the prompt encoder + mask decoder on one box, P >= 1 points (P dynamic) and a mask prompt or none.
 2. `<key>/`: the backend's graphs at one precision plus `config.json`, opened by `load`.
 The keys hash everything that changes the result (weights, config, input shape, torch/backend
 versions, precision, int8 calibration set), so a changed model never meets a stale artefact.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from ..constants import CONFIG_FILE, DECODERS, FORMAT_COMPILED, PRECISIONS, RUNTIME_BACKENDS, __version__
-from ..runtime.compiled import CompiledSam, decoder_graphs, load, read_meta
+from ..runtime.compiled import PROMPT_GRAPH, CompiledSam, decoder_graphs, held_graphs, load, read_meta
 from ..runtime.decoders import check_mode, entry_decoders
 from ..runtime.files import IntegrityError, check_recorded
 from ..runtime.precision import check_precision
@@ -45,6 +47,9 @@ DECODER_BOXES = 1
 # per box, dense 42-68 ms vs batch-8 factorised 19-41 ms (bf16 52-54 vs 26-29 ms), loaded machine.
 FACTORISED_BOXES = 8
 LOGITS = ["low_res_logits", "iou"]
+# the prompts graph's inputs; the point count P is its one dynamic dimension
+PROMPT_INPUTS = ["embedding", "boxes", "points", "labels", "mask_input", "has_mask"]
+PROMPT_AXES = {"points": {1: "points"}, "labels": {1: "points"}}
 
 
 def _check_backend(name: str) -> str:
@@ -53,8 +58,9 @@ def _check_backend(name: str) -> str:
     return name
 
 
-def onnx_key(model: "SamLite", decoders: Sequence[str] = DECODERS) -> str:
-    """Key of the traced graphs: weights, config, modules and their code, input shape, decoders, exporter versions."""
+def onnx_key(model: "SamLite", decoders: Sequence[str] = DECODERS, prompts: bool = False) -> str:
+    """Key of the traced graphs: weights, config, modules and their code, input shape, decoders (and the prompts
+    graph where asked), exporter versions."""
     import torch
 
     from ..checkpoints import state_dict_digest
@@ -68,7 +74,9 @@ def onnx_key(model: "SamLite", decoders: Sequence[str] = DECODERS) -> str:
                    "structure": digest({"repr": repr(model)}), "code": code,
                    "input_shape": [1, 3, config.input_size, config.input_size], "torch": torch.__version__,
                    "decoder_boxes": DECODER_BOXES, "factorised_boxes": FACTORISED_BOXES,
-                   "decoders": list(decoders), "opset": OPSET, "format": FORMAT_COMPILED})
+                   "decoders": list(decoders), "opset": OPSET, "format": FORMAT_COMPILED,
+                   # only where asked, so that entries without the graph keep their keys
+                   **({"prompts": PROMPT_GRAPH} if prompts else {})})
 
 
 def cache_key(model: "SamLite", backend: str, precision: str,
@@ -94,8 +102,34 @@ def _graph(model: "SamLite", forward: Callable[..., Any]) -> "torch.nn.Module":
     return Graph()
 
 
-def export_onnx(model: "SamLite", dest: Path, decoders: Sequence[str] = DECODERS) -> list[tuple[str, list[int]]]:
-    """Trace the encoder and the graphs of `decoders` of `model` (in eval mode) into `dest`.
+def prompt_forward(model: "SamLite") -> Callable[..., Any]:
+    """The prompts graph's forward: embedding (1, C, h, w), box (1, 4), points (1, P, 2), labels (1, P) float
+    (1 positive, 0 negative, -1 padding), mask_input (1, 1, 4h, 4w), has_mask (1,) -> logits, IoU.
+
+    What `model.decode(embedding, box, points=(points, labels), masks=mask_input or None)` computes: the sparse
+    prompt is the points' tokens then the box's (no padding point: a box is always given). The dense prompt is
+    `has_mask * mask_downscaling(mask_input) + (1 - has_mask) * no_mask_embed` (as Meta's SamOnnxModel), one
+    graph for both cases and exact for has_mask 0 or 1 (x * 1 + 0 and 0 + y round to nothing).
+    """
+    import torch
+
+    encoder = model.prompt_encoder
+
+    def forward(embedding: "torch.Tensor", box: "torch.Tensor", points: "torch.Tensor", labels: "torch.Tensor",
+                mask_input: "torch.Tensor", has_mask: "torch.Tensor") -> Any:
+        sparse = torch.cat([encoder._embed_points(points, labels, pad=False), encoder._embed_boxes(box)], dim=1)
+        has = has_mask.reshape(-1, 1, 1, 1)
+        dense = has * encoder.mask_downscaling(mask_input) + (1 - has) * encoder.no_mask_embed.weight.reshape(
+            1, -1, 1, 1)
+        return model.mask_decoder(embedding, encoder.get_dense_pe(), sparse, dense)
+
+    return forward
+
+
+def export_onnx(model: "SamLite", dest: Path, decoders: Sequence[str] = DECODERS,
+                prompts: bool = False) -> list[tuple[str, list[int]]]:
+    """Trace the encoder, the graphs of `decoders` and (`prompts`) the prompts graph of `model` (in eval mode)
+    into `dest`.
 
     Returns the per-image (prepared) tensors' (name, shape) in the order the graphs take them (config.json
     sorts its keys, so a list keeps the order); empty without the factorised decoder.
@@ -108,6 +142,11 @@ def export_onnx(model: "SamLite", dest: Path, decoders: Sequence[str] = DECODERS
     side = float(config.box_frame)
     boxes = torch.tensor([[0.1, 0.2, 0.6, 0.7]]) * side
     batch = boxes.repeat(FACTORISED_BOXES, 1) * torch.linspace(0.5, 1, FACTORISED_BOXES)[:, None]
+    # three points (P is dynamic: a count of 1 could be specialised away) and a mask prompt
+    generator = torch.Generator().manual_seed(1)
+    points = torch.rand(1, 3, 2, generator=generator) * side
+    labels = torch.tensor([[1.0, 0.0, 1.0]])
+    mask_input = torch.randn(1, 1, config.low_res_size, config.low_res_size, generator=generator)
     was_training = model.training
     model.eval()
     try:
@@ -124,28 +163,32 @@ def export_onnx(model: "SamLite", dest: Path, decoders: Sequence[str] = DECODERS
                 ("prepare", lambda e: tuple(model.prepare(e).values()), (embedding,), ["embedding"], names),
                 ("factorised", lambda *t: model.decode_prepared(dict(zip(names, t[:-1])), t[-1]),
                  (*prepared.values(), batch), [*names, "boxes"], LOGITS),
+                (PROMPT_GRAPH, prompt_forward(model), (embedding, boxes[:1], points, labels, mask_input,
+                                                       torch.ones(1)), PROMPT_INPUTS, LOGITS),
             ]
-            wanted = ["encoder", *decoder_graphs(decoders)]
+            wanted = ["encoder", *decoder_graphs(decoders), *([PROMPT_GRAPH] if prompts else [])]
             for name, forward, inputs, input_names, output_names in (g for g in graphs if g[0] in wanted):
                 torch.onnx.export(_graph(model, forward), inputs, str(dest / f"{name}.onnx"), dynamo=False,
-                                  opset_version=OPSET, input_names=input_names, output_names=output_names)
+                                  opset_version=OPSET, input_names=input_names, output_names=output_names,
+                                  dynamic_axes=PROMPT_AXES if name == PROMPT_GRAPH else None)
     finally:
         model.train(was_training)
     return [(name, list(t.shape)) for name, t in prepared.items()]
 
 
 def traced_graphs(model: "SamLite", cache_dir: Path, key: str | None = None,
-                  decoders: Sequence[str] = DECODERS) -> Path:
-    """The cached ONNX stage of `model` with the graphs of `decoders`, tracing it only on a miss."""
-    key = key or onnx_key(model, decoders)
+                  decoders: Sequence[str] = DECODERS, prompts: bool = False) -> Path:
+    """The cached ONNX stage of `model` with the graphs of `decoders` (and `prompts`), tracing it only on a miss."""
+    key = key or onnx_key(model, decoders, prompts)
     entry = cache_dir / ONNX_STAGE / key
     if _sound(entry, lambda: check_recorded(entry, read_meta(entry))) is None:
         import torch
 
         with building(entry) as tmp:
-            prepared = export_onnx(model, tmp, decoders)
+            prepared = export_onnx(model, tmp, decoders, prompts)
             write_meta(tmp, {"format": FORMAT_COMPILED, "stage": ONNX_STAGE, "key": key, "config": model.config.to_dict(),
-                             "decoders": list(decoders), "prepared": prepared, "factorised_boxes": FACTORISED_BOXES,
+                             "decoders": list(decoders), PROMPT_GRAPH: bool(prompts),
+                             "prepared": prepared, "factorised_boxes": FACTORISED_BOXES,
                              "versions": {"torch": torch.__version__, "medsamlite": __version__}})
     return entry
 
@@ -169,15 +212,16 @@ def _sound(entry: Path, open_entry: Callable[[], Any]) -> Any:
 
 
 def build_entry(model: "SamLite", entry: Path, backend: str, precision: str, cache_dir: Path,
-                calibration: Sequence[np.ndarray] | None, traced: str, decoders: Sequence[str]) -> None:
+                calibration: Sequence[np.ndarray] | None, traced: str, decoders: Sequence[str],
+                prompts: bool = False) -> None:
     """Write the compiled folder `entry` (atomically) from the cached ONNX stage."""
-    graphs = traced_graphs(model, cache_dir, traced, decoders)
+    graphs = traced_graphs(model, cache_dir, traced, decoders, prompts)
     batches = calibration_batches(calibration, model.config.input_size) if precision == "int8" else None
     donor = None if precision == "int8" else _same_graphs(model, backend, precision, cache_dir, traced)
     with building(entry) as tmp:
         meta = read_meta(graphs)
         if donor is None:
-            files = convert.convert(backend, graphs, tmp, decoder_graphs(meta["decoders"]), precision, batches)
+            files = convert.convert(backend, graphs, tmp, held_graphs(meta)[1:], precision, batches)
         else:
             files = read_meta(donor)["files"]
             for file in donor.iterdir():
@@ -204,7 +248,7 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
             precision: str = "f32", threads: int | None = None,
             calibration: Sequence[np.ndarray] | None = None,
             on_compile: Callable[[str], None] | None = None, decoder: str | None = "dense",
-            decoders: Sequence[str] | None = None) -> CompiledSam:
+            decoders: Sequence[str] | None = None, prompts: bool = False) -> CompiledSam:
     """`model` on a CPU runtime, built once and loaded from the cache afterwards.
 
     precision: "f32" (exact, default), "bf16" (where the CPU has it, else f32 with a warning),
@@ -213,6 +257,8 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
     before a model that is not in the cache yet is compiled. `decoder`: "dense" or "factorised", the one
     the returned engine runs, "auto" (both, picked per image from the box count) or None (the encoder alone);
     `decoders`: those the entry holds (default: `entry_decoders(decoder)`; `export` asks for every one).
+    `prompts`: the entry also holds the prompts graph, so that `decode` takes points and mask prompts
+    (`Predictor.refine`); off by default, since tracing it adds to every first compile (`export` writes it).
     """
     _check_backend(backend)
     check_mode(decoder, allow_none=True)
@@ -224,14 +270,14 @@ def compile(model: "SamLite", backend: str = "openvino", cache_dir: str | Path |
     if precision == "int8" and not calibration:
         raise ValueError("precision='int8' needs calibration=[preprocessed images]; it is never chosen silently")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    traced = onnx_key(model, decoders)
+    traced = onnx_key(model, decoders, prompts)
     entry = cache_dir / cache_key(model, backend, precision, calibration if precision == "int8" else None, traced)
     compiled = _sound(entry, lambda: load(entry, precision=precision, threads=threads, decoder=decoder))
     if compiled is not None:
         return compiled
     if on_compile is not None:
         on_compile(f"compiling {model.config.name} for {backend} at {precision} (once; cached in {cache_dir})")
-    build_entry(model, entry, backend, precision, cache_dir, calibration, traced, decoders)
+    build_entry(model, entry, backend, precision, cache_dir, calibration, traced, decoders, prompts)
     compiled = load(entry, precision=precision, threads=threads, decoder=decoder)
     if precision == "int8":
         _checked_int8(model, compiled, calibration, backend)
@@ -262,14 +308,16 @@ def check_export_directory(directory: Path) -> None:
 
 def export(model: "SamLite", directory: str | Path, backend: str = "openvino", precision: str = "f32",
            cache_dir: str | Path | None = None, calibration: Sequence[np.ndarray] | None = None) -> Path:
-    """Write a self-describing compiled folder to `directory` (what `predict --model DIR` opens)."""
+    """Write a self-describing compiled folder to `directory` (what `predict --model DIR` opens): the encoder,
+    every decoder's graphs and the prompts graph (clicks: `Predictor.refine`)."""
     directory = Path(directory)
     check_export_directory(directory)
     if model.config.num_classes:  # the graphs are the box decoder's; the class prompts stay in torch
         warnings.warn(f"{model.config.name}: its {model.config.num_classes} class outputs are not exported; "
                       f"{directory} decodes boxes only (class maps need the torch model: `predict --classes`)",
                       UserWarning, stacklevel=2)
-    compiled = compile(model, backend, cache_dir, precision, calibration=calibration, decoders=DECODERS)
+    compiled = compile(model, backend, cache_dir, precision, calibration=calibration, decoders=DECODERS,
+                       prompts=True)
     with building(directory) as tmp:
         shutil.copytree(compiled.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ov_cache"))
     return directory

@@ -2,14 +2,17 @@
 
 A compiled folder (a cache entry or the output of `medsamlite export`) holds the image encoder, the
 graphs of its decoders (dense: the prompt encoder + mask decoder; factorised: its `prepare` and
-`factorised` graphs; an export holds both, a cache entry the one it was compiled for), plus
-`config.json`, which says what it is: the `ModelConfig`, backend, precision, cache key, the decoders
-it has (`decoders`), the prepared tensors' names and shapes in graph order (`prepared`), the factorised graph's static box count
+`factorised` graphs; an export holds both, a cache entry the one it was compiled for), the prompts graph
+where it was asked for (an export holds it: points and mask prompts, what `Predictor.refine` sends, one box
+and P >= 1 points per call, P dynamic), plus `config.json`, which says what it is: the `ModelConfig`, backend,
+precision, cache key, the decoders it has (`decoders`), whether it has the prompts graph (`prompts`), the
+prepared tensors' names and shapes in graph order (`prepared`), the factorised graph's static box count
 (`factorised_boxes`), the threshold from which "auto" picks the factorised decoder per CPU and precision
 where export measured it (`factorised_from`, see `decoders`), the versions that built it and the digest of
 every file. `load` checks the files of the graphs the engine may run against their digests (not those of a
-decoder it does not hold); the runtime opens the encoder at once and each decoder graph on its first use, so
-an "auto" engine that never decodes many boxes never compiles the factorised graphs.
+decoder it does not hold; the prompts graph's when it is first opened); the runtime opens the encoder at once
+and each decoder graph on its first use, so an "auto" engine that never decodes many boxes never compiles the
+factorised graphs, and one that is never given a click never compiles the prompts graph.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from .precision import check_precision
 
 # the graphs each decoder runs (beside the encoder)
 DECODER_GRAPHS = {"dense": ("decoder",), "factorised": ("prepare", "factorised")}
+# the graph of points and mask prompts, and the config.json key that says a folder holds it
+PROMPT_GRAPH = "prompts"
 # the runtime module of each backend (imported only when a folder of that backend is opened)
 RUNTIMES = {"openvino": "medsamlite.runtime.openvino", "onnxruntime": "medsamlite.runtime.onnxruntime"}
 
@@ -38,6 +43,13 @@ RUNTIMES = {"openvino": "medsamlite.runtime.openvino", "onnxruntime": "medsamlit
 def decoder_graphs(decoders: Sequence[str]) -> list[str]:
     """The graphs `decoders` run beside the encoder, in order."""
     return [graph for decoder in decoders for graph in DECODER_GRAPHS[decoder]]
+
+
+def held_graphs(meta: dict[str, Any]) -> list[str]:
+    """Every graph a compiled folder (or traced stage) holds by its config: the encoder, its decoders' graphs and
+    the prompts graph where it has one."""
+    return ["encoder", *decoder_graphs(meta.get("decoders", ["dense"])), *([PROMPT_GRAPH] if meta.get(PROMPT_GRAPH)
+                                                                          else [])]
 
 
 def engine_decoders(decoder: str | None, meta: dict[str, Any]) -> list[str]:
@@ -60,7 +72,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 class CompiledSam(Closable):
     """A `SamLite` on a CPU runtime, with the predictor's engine protocol (`encode`, `decode`; with the
-    factorised decoder also `prepare`, `decode_prepared`).
+    factorised decoder also `prepare`, `decode_prepared`). `decode` takes points and mask prompts where the
+    folder holds the prompts graph (`clicks_refused` is None; see `decode`).
 
     `decoder`: "dense", "factorised", "auto" (both, picked per call from the box count: `decoder_for`) or
     None (the encoder alone). `precision` is what the runtime actually runs at, read back from it;
@@ -117,15 +130,76 @@ class CompiledSam(Closable):
         """Several images on the static one-image graph; runtimes that can overlap calls override this."""
         return np.concatenate([self._encode_one(images[i:i + 1]) for i in range(images.shape[0])])
 
-    def decode(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, embedding: np.ndarray, boxes: np.ndarray | None, points: np.ndarray | None = None,
+               labels: np.ndarray | None = None, masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One embedding (1, 256, 64, 64) and boxes (N, 4) in the S frame to logits (N, 1, 256, 256), IoU (N, 1),
-        on the decoder `decoder_for(N)` picks."""
+        on the decoder `decoder_for(N)` picks.
+
+        With points (N, P, 2) as x, y in the S frame and labels (N, P) (1 positive, 0 negative, -1 padding), and
+        optionally masks (N, 1, L, L), the previous low-res logits: the prompts graph, one call per box, as
+        the torch model's `decode(..., points=, masks=)`. A box comes with each prompt here, and a mask prompt
+        with at least one point; a folder without the graph refuses in one line (`clicks_refused`).
+        """
+        if points is not None or masks is not None:
+            return self._decode_prompts(embedding, boxes, points, labels, masks)
         embedding, boxes = self._decoder_inputs(embedding, boxes)
         if boxes.shape[0] == 0:
             return no_boxes(self.config)
         if self.decoder_for(boxes.shape[0]) == "factorised":
             return self.decode_prepared(self._prepare(embedding), boxes)
         return self._decode(embedding, boxes)
+
+    @property
+    def clicks_refused(self) -> str | None:
+        """Why `decode` takes no points or mask prompts (one line naming the folder), or None where it does."""
+        if not self.meta.get(PROMPT_GRAPH):
+            return (f"{self.path}: holds no prompts graph, which points and mask prompts (clicks) need; export it "
+                    "again with this medsamlite (`medsamlite export` writes it; `compile(..., prompts=True)`)")
+        if self.decoder is None:
+            return (f"{self.path}: opened with decoder=None (the encoder alone); clicks need load(..., "
+                    "decoder='auto', 'dense' or 'factorised')")
+        return None
+
+    def _decode_prompts(self, embedding: np.ndarray, boxes: np.ndarray | None, points: np.ndarray | None,
+                        labels: np.ndarray | None, masks: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """`decode` with points and/or masks: checked, then the prompts graph once per box."""
+        self._check_open()
+        refused = self.clicks_refused
+        if refused:
+            raise RuntimeError(refused)
+        if boxes is None:
+            raise ValueError(f"{self.path}: a compiled engine decodes points and mask prompts with a box each; "
+                             "expected boxes (N, 4)")
+        embedding, boxes = self._decoder_inputs(embedding, boxes)
+        n, side = boxes.shape[0], self.config.low_res_size
+        if points is None:
+            raise ValueError(f"{self.path}: a mask prompt needs at least one point with it on a compiled engine; "
+                             "expected points (N, P, 2) and labels (N, P)")
+        points = np.asarray(points, np.float32)
+        if labels is None or points.ndim != 3 or points.shape[::2] != (n, 2) or np.shape(labels) != points.shape[:2]:
+            raise ValueError(f"points of shape {points.shape} with labels of shape "
+                             f"{None if labels is None else np.shape(labels)} for {n} boxes; expected ({n}, P, 2) "
+                             f"and ({n}, P)")
+        if masks is not None and np.shape(masks) != (n, 1, side, side):
+            raise ValueError(f"mask prompt of shape {np.shape(masks)}; expected ({n}, 1, {side}, {side}): the "
+                             "previous low-res logits")
+        if points.shape[1] == 0:
+            if masks is not None:
+                raise ValueError(f"{self.path}: a mask prompt needs at least one point with it on a compiled "
+                                 "engine; got P = 0")
+            return self.decode(embedding, boxes)
+        if n == 0:
+            return no_boxes(self.config)
+        points = np.ascontiguousarray(points)
+        labels = np.ascontiguousarray(labels, dtype=np.float32)
+        no_mask = np.zeros((1, 1, side, side), np.float32)
+        outputs = []
+        for i in range(n):
+            mask = no_mask if masks is None else np.ascontiguousarray(masks[i:i + 1], dtype=np.float32)
+            has_mask = np.array([0.0 if masks is None else 1.0], np.float32)
+            outputs.append(self._decode_prompt([embedding, boxes[i:i + 1], points[i:i + 1], labels[i:i + 1], mask,
+                                                has_mask]))
+        return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
 
     def decode_dense(self, embedding: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`decode` on the dense decoder whatever the box count (an engine that holds it)."""
@@ -179,8 +253,9 @@ class CompiledSam(Closable):
                                "load(..., decoder='factorised' or 'auto') on a folder that holds it")
 
     def graphs(self) -> list[str]:
-        """The graphs this engine may open: the encoder and those of its decoders."""
-        return ["encoder", *decoder_graphs(self.decoders)]
+        """The graphs this engine may open: the encoder, those of its decoders and the prompts graph where held."""
+        prompts = [PROMPT_GRAPH] if self.meta.get(PROMPT_GRAPH) and self.decoder is not None else []
+        return ["encoder", *decoder_graphs(self.decoders), *prompts]
 
     def _graph(self, name: str) -> Any:
         """The runtime's object for graph `name` (`_open_graph`), opened on first use."""
@@ -188,6 +263,8 @@ class CompiledSam(Closable):
             self._check_open()
             if name not in self.graphs():
                 raise RuntimeError(f"{self.path}: graph {name!r} is not among this engine's {self.graphs()}")
+            if name == PROMPT_GRAPH:  # `load` left its files unchecked: most engines never open it
+                check_recorded(self.path, self.meta, skip=lambda file: Path(file).stem != PROMPT_GRAPH)
             self._graphs[name] = self._open_graph(name)
         return self._graphs[name]
 
@@ -216,6 +293,11 @@ class CompiledSam(Closable):
         """The prepared tensors (in `prepared_names` order) and `factorised_boxes` boxes through the graph."""
         raise NotImplementedError
 
+    def _decode_prompt(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """One box's prompts through the prompts graph: embedding, box (1, 4), points (1, P, 2), labels (1, P)
+        float32, mask_input (1, 1, L, L), has_mask (1,)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.config.name!r}, backend={self.backend!r}, "
                 f"precision={self.precision!r}, decoder={self.decoder!r}, path='{self.path}'{', closed' if self.closed else ''})")
@@ -236,7 +318,8 @@ def load(path: str | Path, backend: str | None = None, precision: str | None = N
         raise ValueError(f"{path / CONFIG_FILE}: format {meta.get('format')!r}, expected {FORMAT_COMPILED!r} "
                          "(a folder written by `medsamlite export` or `medsamlite.export.compile`)")
     # only the files this engine may open: a decoder it does not hold would add 26 MB of hashing to a cold start
-    unused = set(decoder_graphs([d for d in DECODERS if d not in engine_decoders(decoder, meta)]))
+    # (the prompts graph's are checked when it is first opened)
+    unused = set(decoder_graphs([d for d in DECODERS if d not in engine_decoders(decoder, meta)])) | {PROMPT_GRAPH}
     check_recorded(path, meta, skip=lambda name: Path(name).stem in unused)
     held = meta.get("decoders", ["dense"])
     if decoder == AUTO and not held or decoder not in (None, AUTO) and decoder not in held:

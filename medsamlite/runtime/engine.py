@@ -70,7 +70,10 @@ def check_embedding(config: ModelConfig, embedding: np.ndarray) -> None:
 
 
 def takes_clicks(engine: Any) -> bool:
-    """Whether `engine.decode` takes points and mask prompts (a torch model's engine does; box-only graphs do not)."""
+    """Whether `engine.decode` takes points and mask prompts: a torch model's engine does, a compiled one where its
+    folder holds the prompts graph (its `clicks_refused` says why not), a box-only engine does not."""
+    if getattr(engine, "clicks_refused", None):
+        return False
     try:
         return "points" in inspect.signature(engine.decode).parameters
     except (TypeError, ValueError):  # a builtin without a signature

@@ -27,8 +27,8 @@ def _session(path: Path, threads: int | None) -> ort.InferenceSession:
 
 
 class OnnxRuntimeSam(CompiledSam):
-    """Encoder and decoders (dense, prepare + factorised) as ONNX Runtime CPU sessions, each decoder graph's
-    session made on its first use."""
+    """Encoder and decoders (dense, prepare + factorised; the prompts graph) as ONNX Runtime CPU sessions, each
+    decoder graph's session made on its first use."""
 
     backend = "onnxruntime"
 
@@ -59,6 +59,10 @@ class OnnxRuntimeSam(CompiledSam):
 
     def _decode_batch(self, prepared: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, iou = self._run("factorised", *prepared, boxes)
+        return logits, iou
+
+    def _decode_prompt(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        logits, iou = self._run("prompts", *inputs)
         return logits, iou
 
 

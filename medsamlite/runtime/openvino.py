@@ -63,8 +63,8 @@ def _runs_int8(compiled: ov.CompiledModel) -> bool:
 
 
 class OpenVINOSam(CompiledSam):
-    """Encoder and decoders (dense, prepare + factorised) compiled by OpenVINO's CPU plugin, each decoder graph
-    on its first use."""
+    """Encoder and decoders (dense, prepare + factorised; the prompts graph) compiled by OpenVINO's CPU plugin,
+    each decoder graph on its first use."""
 
     backend = "openvino"
 
@@ -134,6 +134,11 @@ class OpenVINOSam(CompiledSam):
     def _decode_batch(self, prepared: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inputs = dict(enumerate([*prepared, boxes]))
         out = self._graph("factorised").infer(inputs, share_inputs=True, share_outputs=False)
+        return out[0], out[1]
+
+    def _decode_prompt(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        # the point count is the graph's one dynamic dimension: the request takes each call's shape
+        out = self._graph("prompts").infer(dict(enumerate(inputs)), share_inputs=True, share_outputs=False)
         return out[0], out[1]
 
     def _release(self) -> None:

@@ -393,9 +393,12 @@ class Predictor:
     # interactive ---------------------------------------------------------------------------------
 
     def _check_clicks_engine(self) -> None:
+        refused = getattr(self.engine, "clicks_refused", None)
+        if refused:  # a compiled folder without the prompts graph (an older export) or opened without decoders
+            raise TypeError(refused)
         if not takes_clicks(self.engine):
-            raise TypeError(f"{self.engine!r} decodes boxes only; clicks need a torch model (its engine takes "
-                            "points and mask prompts)")
+            raise TypeError(f"{self.engine!r} decodes boxes only; clicks need a torch model or an exported folder "
+                            "(their engines take points and mask prompts)")
 
     def _tracks(self, boxes: np.ndarray, original: tuple[int, int]) -> list[_Track]:
         fallbacks = scale_boxes(boxes[:, [0, 1, 3, 4]], original, self.config.box_frame)
