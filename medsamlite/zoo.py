@@ -39,3 +39,10 @@ register_model(ModelSpec(
     reference_params=(9_791_300 - 4 * 312_020 + 263_168, 5_726_740 - 4 * 312_020 + 263_168), distilled_from="litemedsam",
     description="LiteMedSAM's TinyViT on the half-resolution image, 2 of stage 2's 6 blocks, learned 2x upsampling: "
                 "the student medsamlite distils (training recipe student-v1)"))
+register_model(ModelSpec(
+    ModelConfig(name="litemedsam_clicks", encoder="tinyvit_medsam", input_size=256),
+    pretrained=Pretrained("medsamlite", "weights/litemedsam_clicks.safetensors",
+                          "8071f4c0ac2d5f44d04fe7e81870fdd155c4534095064dd75384ceaab4aa7dab", extra="torch"),
+    reference_params=(9_791_300, 5_726_740),
+    description="LiteMedSAM's encoder with its prompt encoder and mask decoder fine-tuned by medsamlite for clicks "
+                "(train finetune --interactive 3, 20 CPU minutes on synthetic cases; docs/training.md)"))

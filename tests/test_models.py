@@ -280,3 +280,14 @@ def test_import_and_models_command_are_torch_free():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     total = medsamlite.get_model_spec("litemedsam").reference_params[0]
     assert "litemedsam" in out and f"{total:,}" in out
+
+
+def test_the_click_trained_entry_keeps_litemedsams_encoder_and_retrains_its_heads():
+    """litemedsam_clicks: LiteMedSAM's encoder (rounded to fp16 as shipped), its prompt encoder and decoder trained."""
+    base, clicks = (medsamlite.create_model(n, pretrained=True).state_dict() for n in ("litemedsam", "litemedsam_clicks"))
+    assert base.keys() == clicks.keys()
+    for name, value in base.items():
+        if name.startswith("image_encoder.") and value.is_floating_point():
+            assert torch.equal(clicks[name], value.half().float()), name
+    heads = [n for n in base if n.startswith(("prompt_encoder.", "mask_decoder."))]
+    assert sum(not torch.equal(base[n].half().float(), clicks[n]) for n in heads) > len(heads) / 2

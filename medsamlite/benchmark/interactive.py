@@ -1,7 +1,8 @@
 """`medsamlite bench interactive`: the CVPR 2025 interactive challenge's click protocol, per model and modality.
 
-    medsamlite bench interactive                          # litemedsam on a synthetic set written to OUT/data
+    medsamlite bench interactive                          # litemedsam(_clicks) on a synthetic set in OUT/data
     medsamlite bench interactive --models litemedsam repvit_m0_6_medsam --data CASES --out interactive-results
+    medsamlite bench interactive --models litemedsam runs/finetune/model  # before and after a finetune
 
 Each case starts from its boxes (click 0), then gets up to `--clicks` rounds: in each, every label whose mask
 is still wrong gets one click at the interior point of its largest error region farthest from the region's
@@ -22,6 +23,7 @@ import numpy as np
 from .report import machine_header, markdown_table, write_csv, write_markdown
 
 CLICKS = 5  # the challenge's refinement rounds
+MODELS = ("litemedsam", "litemedsam_clicks")  # the packaged model, and the same after an interactive finetune
 SYNTHETIC = ("CT", "MR", "US", "X-Ray", "Endoscopy", "Dermoscopy")
 
 
@@ -91,17 +93,27 @@ def run_case(predictor, case, gts: np.ndarray, spacing, clicks: int = CLICKS) ->
     return rows
 
 
+def load(name: str) -> tuple[object, str]:
+    """(model, its weights' kind): a saved model folder ("saved"), else the registered model `name` with its
+    packaged weights ("trained") or seeded random ones ("random")."""
+    from ..factory import create_model, has_pretrained, load_model
+    from ..registry import get_model_config
+
+    if Path(name).is_dir():
+        return load_model(name), "saved"
+    pretrained = has_pretrained(get_model_config(name))
+    return create_model(name, pretrained=pretrained), "trained" if pretrained else "random"
+
+
 def run_model(name: str, files: list[Path], gts_dir: Path, clicks: int, log: Callable[[str], None] = print
               ) -> tuple[list[dict], str]:
-    """Every case with ground truth through the protocol on model `name` (packaged weights where there are)."""
-    from ..factory import create_model, has_pretrained
-    from ..registry import get_model_config
+    """Every case with ground truth through the protocol on model `name` (`load`)."""
     from ..runtime import Predictor
     from ..runtime.modality import parse_modality
     from ..runtime.npz import read_case
 
-    pretrained = has_pretrained(get_model_config(name))
-    predictor = Predictor(create_model(name, pretrained=pretrained))
+    model, weights = load(name)
+    predictor = Predictor(model)
     rows = []
     for path in files:
         try:
@@ -114,7 +126,7 @@ def run_model(name: str, files: list[Path], gts_dir: Path, clicks: int, log: Cal
         modality = parse_modality(path.name)
         rows += [{"model": name, "case": path.name, "modality": modality, **r} for r in case_rows]
         log(f"{name} {path.name}: DSC " + " ".join(f"{r['dsc']:.3f}" for r in case_rows))
-    return rows, "trained" if pretrained else "random"
+    return rows, weights
 
 
 def summarise(rows: list[dict], clicks: int) -> list[dict]:
@@ -155,8 +167,8 @@ def plot(summary: list[dict], clicks: int, path: Path, title: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=["litemedsam"], help="registered models (packaged weights "
-                        "where there are, else seeded random weights)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="registered models (packaged weights "
+                        "where there are, else seeded random weights) or saved model folders (a finetune's model/)")
     parser.add_argument("--data", type=Path, help="a folder with imgs/*.npz and gts/*.npz (default: a synthetic set "
                         "written to OUT/data)")
     parser.add_argument("--clicks", type=int, default=CLICKS, help="click rounds after the boxes")

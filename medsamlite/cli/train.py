@@ -144,12 +144,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ft.add_argument("--patience", type=int, default=ft_defaults.early_stopping_patience,
                     help="early stopping: epochs without a better validation loss (default: %(default)s; 0: off)")
     ft.add_argument("--box-shift", type=int, default=5, help="random box widening, px (default: %(default)s)")
+    ft.add_argument("--no-flips", action="store_true",
+                    help="train on the images as they are (no random flips): with the image encoder frozen, "
+                         "every later epoch then reads its embeddings from the cache")
     ft.add_argument("--decoder", choices=("dense", "factorised"), default=ft_defaults.decoder,
                     help="factorised: each image's box-independent decoder part once, the same gradients to "
                          "rounding, about 1.9x less decoder work at 8 targets per image (default: %(default)s)")
     ft.add_argument("--interactive", type=int, default=ft_defaults.interactive, metavar="ROUNDS",
                     help="also train ROUNDS rounds of simulated clicks per step, each with the previous mask as "
                          "a prompt (SAM / micro-sam style; dense decoder); 0: boxes only (default: %(default)s)")
+    ft.add_argument("--embedding-cache", type=int, default=ft_defaults.embedding_cache, metavar="IMAGES",
+                    help="with the image encoder frozen, keep the embeddings of this many images (4 MiB each) so "
+                         "a repeated image costs no encoder pass; 0: off (default: %(default)s)")
     ft.add_argument("--modality-probabilities", nargs="*", metavar="MODALITY=P",
                     help="modality-balanced sampling, e.g. CT=0.4 MR=0.1 (the rest share the remainder)")
     ft.add_argument("--temperature", type=float, help="modality sampling by frequency^(1/T) (inf: uniform)")
@@ -228,8 +234,8 @@ def _finetune(args: argparse.Namespace) -> int:
     else:
         train_files, val_files = split_cases(case_files(args.data), args.val_fraction, args.seed)
     k = _targets(args.targets_per_image)
-    train = NpzSliceDataset(train_files, model.config, slices=args.slices, box_shift=args.box_shift, seed=args.seed,
-                            **k, **classes)
+    train = NpzSliceDataset(train_files, model.config, slices=args.slices, augment=not args.no_flips,
+                            box_shift=args.box_shift, seed=args.seed, **k, **classes)
     val = (NpzSliceDataset(val_files, model.config, slices="all", augment=False, seed=args.seed, **k, **classes)
            if val_files else None)
     sampler = None
@@ -238,7 +244,7 @@ def _finetune(args: argparse.Namespace) -> int:
                                           args.temperature, args.samples_per_epoch, args.seed)
     config = _loop_config(FinetuneConfig, args, loss=loss, freeze=tuple(args.freeze),
                           early_stopping_patience=args.patience or None, decoder=args.decoder,
-                          interactive=args.interactive)
+                          interactive=args.interactive, embedding_cache=args.embedding_cache)
     result = finetune(model, train, val, config, sampler=sampler, run_info=info)
     if result.rank:
         return 0

@@ -45,11 +45,15 @@ def decoder_graphs(decoders: Sequence[str]) -> list[str]:
     return [graph for decoder in decoders for graph in DECODER_GRAPHS[decoder]]
 
 
+def prompt_graphs(meta: dict[str, Any]) -> list[str]:
+    """The prompts graph, where a compiled folder (or traced stage) holds one (older exports do not)."""
+    return [PROMPT_GRAPH] if meta.get(PROMPT_GRAPH) else []
+
+
 def held_graphs(meta: dict[str, Any]) -> list[str]:
     """Every graph a compiled folder (or traced stage) holds by its config: the encoder, its decoders' graphs and
     the prompts graph where it has one."""
-    return ["encoder", *decoder_graphs(meta.get("decoders", ["dense"])), *([PROMPT_GRAPH] if meta.get(PROMPT_GRAPH)
-                                                                          else [])]
+    return ["encoder", *decoder_graphs(meta.get("decoders", ["dense"])), *prompt_graphs(meta)]
 
 
 def engine_decoders(decoder: str | None, meta: dict[str, Any]) -> list[str]:
@@ -173,8 +177,7 @@ class CompiledSam(Closable):
         embedding, boxes = self._decoder_inputs(embedding, boxes)
         n, side = boxes.shape[0], self.config.low_res_size
         if points is None:
-            raise ValueError(f"{self.path}: a mask prompt needs at least one point with it on a compiled engine; "
-                             "expected points (N, P, 2) and labels (N, P)")
+            points, labels = np.zeros((n, 0, 2), np.float32), np.zeros((n, 0), np.float32)
         points = np.asarray(points, np.float32)
         if labels is None or points.ndim != 3 or points.shape[::2] != (n, 2) or np.shape(labels) != points.shape[:2]:
             raise ValueError(f"points of shape {points.shape} with labels of shape "
@@ -186,17 +189,17 @@ class CompiledSam(Closable):
         if points.shape[1] == 0:
             if masks is not None:
                 raise ValueError(f"{self.path}: a mask prompt needs at least one point with it on a compiled "
-                                 "engine; got P = 0")
+                                 "engine; expected points (N, P, 2) with P >= 1 and labels (N, P)")
             return self.decode(embedding, boxes)
         if n == 0:
             return no_boxes(self.config)
         points = np.ascontiguousarray(points)
         labels = np.ascontiguousarray(labels, dtype=np.float32)
         no_mask = np.zeros((1, 1, side, side), np.float32)
+        has_mask = np.array([0.0 if masks is None else 1.0], np.float32)
         outputs = []
         for i in range(n):
             mask = no_mask if masks is None else np.ascontiguousarray(masks[i:i + 1], dtype=np.float32)
-            has_mask = np.array([0.0 if masks is None else 1.0], np.float32)
             outputs.append(self._decode_prompt([embedding, boxes[i:i + 1], points[i:i + 1], labels[i:i + 1], mask,
                                                 has_mask]))
         return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
@@ -254,7 +257,7 @@ class CompiledSam(Closable):
 
     def graphs(self) -> list[str]:
         """The graphs this engine may open: the encoder, those of its decoders and the prompts graph where held."""
-        prompts = [PROMPT_GRAPH] if self.meta.get(PROMPT_GRAPH) and self.decoder is not None else []
+        prompts = prompt_graphs(self.meta) if self.decoder is not None else []
         return ["encoder", *decoder_graphs(self.decoders), *prompts]
 
     def _graph(self, name: str) -> Any:

@@ -47,6 +47,7 @@ class FinetuneConfig(TrainConfig):
     early_stopping_patience: int | None = 7  # epochs without a better validation loss; None: never
     decoder: str = "dense"  # "factorised": each image's box-independent decoder part once (pays from ~4 targets)
     interactive: int = 0  # click rounds per step after the box (SAM / micro-sam style); 0: boxes only
+    embedding_cache: int = 256  # images whose embedding a frozen image encoder keeps (4 MiB each at f32); 0: none
 
 
 @dataclass

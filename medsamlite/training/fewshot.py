@@ -9,11 +9,9 @@ Methods whose image encoder is frozen (decoder, probe, spatial) train on cached 
 from __future__ import annotations
 
 import copy
-import hashlib
 import tempfile
 import time
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,36 +26,9 @@ from ..runtime.npz import read_case
 from ..runtime.predictor import Predictor
 from ..runtime.router import Router
 from .config import FewShotConfig, FinetuneConfig
+from .frozen import CachedEncoder
 
 ZERO_SHOT = "none"
-
-
-class CachedEncoder(nn.Module):
-    """A frozen encoder that computes each distinct image once (most `size` kept), always in eval mode."""
-
-    def __init__(self, encoder: nn.Module, size: int = 64) -> None:
-        super().__init__()
-        self.encoder, self.size = encoder, size
-        self.cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-
-    def train(self, mode: bool = True) -> "CachedEncoder":
-        super().train(mode)
-        self.encoder.eval()  # frozen: BatchNorm statistics stay as trained
-        return self
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        keys = [hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest() for x in images]
-        missing = [i for i, k in enumerate(keys) if k not in self.cache]
-        if missing:
-            for i, e in zip(missing, self.encoder(images[missing])):
-                self.cache[keys[i]] = e
-        for k in keys:
-            self.cache.move_to_end(k)
-        out = torch.stack([self.cache[k] for k in keys])
-        while len(self.cache) > self.size:
-            self.cache.popitem(last=False)
-        return out
 
 
 def _frozen_encoder(model: nn.Module) -> tuple[nn.Module, str] | None:
@@ -120,7 +91,7 @@ def adapt(model: nn.Module, files: list[Path], method: str, config: FewShotConfi
     hook = api.after_step(model)
     run = FinetuneConfig(output_dir=str(workdir), epochs=1, max_steps=config.steps, batch_size=config.batch_size,
                          lr=config.lrs.get(method, config.lr), early_stopping_patience=None, device=config.device,
-                         seed=config.seed, progress=False)
+                         seed=config.seed, progress=False, embedding_cache=0)  # cached above
     try:
         finetune(model, data, None, run, after_step=hook, save=lambda net, directory: None)
     finally:

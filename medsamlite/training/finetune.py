@@ -4,8 +4,9 @@ AdamW (lr 5e-5, weight decay 0.01, LiteMedSAM's), warmup + cosine, the validatio
 epoch's end choosing the best model (`output_dir/best`) and stopping early, the final model in
 `output_dir/model` (`checkpoints.save_model`). The trainable parameters are those with
 `requires_grad` after the named parts are frozen, so an adapter method that froze the base model
-beforehand keeps its choice; frozen named parts stay in eval mode. Items hold one target (`box`,
-`mask`) or K (`boxes`, `masks`, `valid`): the image is encoded once and all its valid boxes go
+beforehand keeps its choice; frozen named parts stay in eval mode, and a frozen image encoder computes
+each distinct image once (`embedding_cache` images kept), so its steps cost the heads alone. Items hold
+one target (`box`, `mask`) or K (`boxes`, `masks`, `valid`): the image is encoded once and all its valid boxes go
 through the decoder in one call; the loss is averaged over the valid masks. With `interactive` > 0, each
 step also trains that many rounds of simulated clicks (`training.interactive`).
 
@@ -30,7 +31,7 @@ from ..constants import DECODERS
 from ..data.samplers import StreamSampler
 from ..runtime.files import atomic_dir
 from .config import FinetuneConfig, TrainConfig
-from .frozen import train_mode
+from .frozen import cached_if_frozen, train_mode
 from .interactive import InteractiveForward, interactive_loss
 from .loop import Task, TrainResult, to_device, train
 from .losses import BoxLoss, PartialLabelLoss, get_loss
@@ -96,17 +97,19 @@ class BoxForward(nn.Module):
     """One encoder pass per image, then every box of the batch through the decoder: in one call (dense), or
     per image on its box-independent part computed once (factorised: the same loss and gradients to rounding;
     decoder forward + backward of 8 boxes on one image 1.35 -> 0.70 s, 1 box 0.17 -> 0.23 s, CPU).
-    `classes=True`: each box's per-class logits (`SamLite.decode_classes`) instead of its one mask."""
+    `classes=True`: each box's per-class logits (`SamLite.decode_classes`) instead of its one mask.
+    `encoder` (a `CachedEncoder` of the model's frozen encoder) replaces `model.encode`."""
 
-    def __init__(self, model: nn.Module, decoder: str = "dense", classes: bool = False) -> None:
+    def __init__(self, model: nn.Module, decoder: str = "dense", classes: bool = False,
+                 encoder: nn.Module | None = None) -> None:
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}; expected one of {', '.join(DECODERS)}")
-        self.model, self.decoder, self.classes = model, decoder, classes
+        self.model, self.decoder, self.classes, self.encoder = model, decoder, classes, encoder
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings = self.model.encode(images)
+        embeddings = self.model.encode(images) if self.encoder is None else self.encoder(images)
         decode = self.model.decode_classes if self.classes else self.model.decode
         if self.decoder == "dense":
             return decode(embeddings if len(images) == 1 else embeddings[owner], boxes)
@@ -148,17 +151,18 @@ def scored_loss(forward: nn.Module, loss_fn: nn.Module, batch: dict, frame: int
 
 @torch.no_grad()
 def evaluation_sums(model: nn.Module, data: Dataset | DataLoader, loss_fn: nn.Module, batch_size: int = 4,
-                    num_workers: int = 0, device: torch.device | str | None = None) -> tuple[float, float, int]:
+                    num_workers: int = 0, device: torch.device | str | None = None,
+                    encoder: nn.Module | None = None) -> tuple[float, float, int]:
     """(loss summed over masks, DSC summed over masks, masks) over `data` in eval mode; a shard's part of `evaluate`.
 
-    With a partial-label loss the masks are each box's annotated classes."""
+    With a partial-label loss the masks are each box's annotated classes; `encoder` as `BoxForward` takes it."""
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False,
                                                                   num_workers=num_workers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     classes = isinstance(loss_fn, PartialLabelLoss)
-    forward = BoxForward(model, classes=classes)
+    forward = BoxForward(model, classes=classes, encoder=encoder)
     frame = model.config.box_frame if classes else 0  # the box path needs no frame (and adapted models no config)
     total_loss, dsc, n = 0.0, 0.0, 0
     for batch in loader:
@@ -188,7 +192,7 @@ class FinetuneTask(Task):
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, frozen: Iterable[str] = ("prompt_encoder",),
                  save: Callable[[nn.Module, Path], None] = save_best, decoder: str = "dense",
-                 interactive: int = 0) -> None:
+                 interactive: int = 0, embedding_cache: int = 0) -> None:
         self.classes = isinstance(loss_fn, PartialLabelLoss)
         if not self.classes and not isinstance(loss_fn, BoxLoss):
             raise ValueError(f"loss {type(loss_fn).__name__} is neither a box-prompted loss (logits, mask, iou) "
@@ -203,8 +207,9 @@ class FinetuneTask(Task):
                              + (f", loss {type(loss_fn).__name__}" if self.classes else ""))
         self.model, self.loss_fn, self.save, self.interactive = model, loss_fn, save, interactive
         freeze(model, frozen)
-        self.forward = (InteractiveForward(model, interactive) if interactive
-                        else BoxForward(model, decoder, self.classes))
+        self.encoder = cached_if_frozen(model, embedding_cache)  # a frozen encoder's steps cost the heads only
+        self.forward = (InteractiveForward(model, interactive, self.encoder) if interactive
+                        else BoxForward(model, decoder, self.classes, self.encoder))
 
     def module(self) -> nn.Module:
         return self.forward
@@ -227,7 +232,8 @@ class FinetuneTask(Task):
         return loss, len(batch["image"]), len(logits)
 
     def evaluate(self, data: Dataset, config: TrainConfig, device: torch.device) -> tuple[float, float, int]:
-        return evaluation_sums(self.model, data, self.loss_fn, config.batch_size, config.num_workers, device)
+        return evaluation_sums(self.model, data, self.loss_fn, config.batch_size, config.num_workers, device,
+                               self.encoder)
 
     def save_best(self, output_dir: Path) -> None:
         self.save(self.model, output_dir / BEST_DIR)
@@ -249,6 +255,6 @@ def finetune(model: nn.Module, train_data: Dataset, val_data: Dataset | None = N
     """
     config = config or FinetuneConfig()
     task = FinetuneTask(model, get_loss(config.loss, **config.loss_kwargs), config.freeze, save, config.decoder,
-                        config.interactive)
+                        config.interactive, config.embedding_cache)
     return train(task, train_data, config, val_data=val_data, sampler=sampler, after_step=after_step,
                  run_info=run_info)

@@ -1,4 +1,5 @@
-"""Frozen stays frozen: during training, the modules that do not train run in eval mode.
+"""Frozen stays frozen: during training, the modules that do not train run in eval mode, and a frozen
+image encoder computes each distinct image once (`CachedEncoder`).
 
 `model.train()` alone lets every BatchNorm of a frozen encoder update its running statistics (and
 `num_batches_tracked`) and keeps its dropout on: the "frozen" base then drifts with every step, and
@@ -7,6 +8,10 @@ calls instead of `model.train()`.
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
+import torch
 from torch import nn
 
 # methods that train (and save) a whole model; every other adapter method saves parameters only, so running
@@ -43,3 +48,42 @@ def train_mode(model: nn.Module) -> nn.Module:
     for module in frozen_modules(model):
         module.eval()
     return model
+
+
+class CachedEncoder(nn.Module):
+    """A frozen encoder that computes each distinct image once (the `size` most recent kept), always in eval mode.
+
+    Keyed by the image's bytes, so a flipped or re-drawn image is a new entry, never a stale one.
+    """
+
+    def __init__(self, encoder: nn.Module, size: int = 64) -> None:
+        super().__init__()
+        self.encoder, self.size = encoder, size
+        self.cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+
+    def train(self, mode: bool = True) -> "CachedEncoder":
+        super().train(mode)
+        self.encoder.eval()  # frozen: BatchNorm statistics stay as trained
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        keys = [hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest() for x in images]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            for i, e in zip(missing, self.encoder(images[missing])):
+                self.cache[keys[i]] = e
+        for k in keys:
+            self.cache.move_to_end(k)
+        out = torch.stack([self.cache[k] for k in keys])
+        while len(self.cache) > self.size:
+            self.cache.popitem(last=False)
+        return out
+
+
+def cached_if_frozen(model: nn.Module, size: int) -> CachedEncoder | None:
+    """`model.image_encoder` behind a `size`-image cache when none of its parameters trains (else, or size 0, None)."""
+    encoder = model.image_encoder
+    if size <= 0 or any(p.requires_grad for p in encoder.parameters()):
+        return None
+    return CachedEncoder(encoder, size)

@@ -34,17 +34,18 @@ def sample_clicks(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tens
 class InteractiveForward(nn.Module):
     """One encoder pass per image, the box pass, then `clicks` rounds of one more click per target with the
     previous logits as mask prompt (the dense decoder: a mask prompt changes the image tokens per target);
-    returns the (logits, iou) of every round, the box pass first."""
+    returns the (logits, iou) of every round, the box pass first. `encoder` (a `CachedEncoder` of the model's
+    frozen encoder) replaces `model.encode`."""
 
-    def __init__(self, model: nn.Module, clicks: int) -> None:
+    def __init__(self, model: nn.Module, clicks: int, encoder: nn.Module | None = None) -> None:
         if clicks < 1:
             raise ValueError(f"interactive fine-tuning needs at least one click round, got {clicks}")
         super().__init__()
-        self.model, self.clicks = model, clicks
+        self.model, self.clicks, self.encoder = model, clicks, encoder
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, masks: torch.Tensor
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        embeddings = self.model.encode(images)
+        embeddings = self.model.encode(images) if self.encoder is None else self.encoder(images)
         paired = embeddings if len(images) == 1 else embeddings[owner]
         rounds = [self.model.decode(paired, boxes)]
         scale = self.model.config.input_size / masks.shape[-1]  # mask pixels to the model's input frame

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from medsamlite.benchmark.interactive import auc, next_click, summarise
+from medsamlite.benchmark.interactive import MODELS, auc, next_click, summarise
 from medsamlite.cli import bench as cli
 
 
@@ -57,7 +57,26 @@ def test_the_suite_writes_its_csv_table_and_plot(tmp_path):
     with (tmp_path / "interactive.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["model", "case", "modality", "click", "dsc", "nsd", "seconds"]
-    assert [(r["modality"], int(r["click"])) for r in rows] == [("US", k) for k in range(3)]
+    assert [(r["model"], r["modality"], int(r["click"])) for r in rows] == [(m, "US", k) for m in MODELS
+                                                                            for k in range(3)]
     assert all(0 <= float(r["dsc"]) <= 1 and float(r["seconds"]) >= 0 for r in rows)
     assert (tmp_path / "interactive.png").stat().st_size > 0
     assert "dsc_auc" in (tmp_path / "interactive.md").read_text()
+
+
+def test_a_saved_model_folder_runs_beside_a_registered_model(tmp_path):
+    """`--models` takes a finetune's model/ folder: scored under the path it was given, its weights 'saved'."""
+    from medsamlite.checkpoints import save_model
+    from medsamlite.factory import create_model
+
+    folder = tmp_path / "finetuned"
+    save_model(create_model("litemedsam"), folder)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(cli.prepare_argv(["interactive", "--models", str(folder), "--modalities", "US",
+                                               "--synthetic-cases", "1", "--size", "0.15", "--clicks", "1",
+                                               "--out", str(tmp_path / "out")]))
+    assert cli.run(args) == 0
+    with (tmp_path / "out" / "interactive.csv").open() as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {str(folder)}
+    assert f"{folder} (saved weights)" in (tmp_path / "out" / "interactive.md").read_text()

@@ -2,6 +2,8 @@
 that trains and resumes exactly, and the command line."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -104,6 +106,8 @@ def test_the_command_line_trains_interactively(tmp_path, case_dir):
     out = tmp_path / "run"
     assert main(["train", "finetune", str(case_dir), "--model", str(tmp_path / "tiny"), "--output", str(out),
                  "--epochs", "1", "--batch-size", "4", "--interactive", "2", "--freeze", "image_encoder",
-                 "--no-progress"]) == 0
+                 "--no-flips", "--embedding-cache", "16", "--no-progress"]) == 0
     assert (out / "model" / "model.safetensors").exists()
-    assert '"interactive": 2' in (out / "run.json").read_text()
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["interactive"] == 2 and run["config"]["embedding_cache"] == 16
+    assert run["args"]["no_flips"] is True
