@@ -53,7 +53,9 @@ def train_mode(model: nn.Module) -> nn.Module:
 class CachedEncoder(nn.Module):
     """A frozen encoder that computes each distinct image once (the `size` most recent kept), always in eval mode.
 
-    Keyed by the image's bytes, so a flipped or re-drawn image is a new entry, never a stale one.
+    Keyed by the image's bytes, so a flipped or re-drawn image is a new entry, never a stale one. Each image is
+    encoded alone: kernels round differently with the batch size, and a run resumed with an empty cache must
+    reproduce the uninterrupted one bit for bit.
     """
 
     def __init__(self, encoder: nn.Module, size: int = 64) -> None:
@@ -70,9 +72,8 @@ class CachedEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         keys = [hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest() for x in images]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
-        if missing:
-            for i, e in zip(missing, self.encoder(images[missing])):
-                self.cache[keys[i]] = e
+        for i in missing:  # one at a time: an embedding then never depends on its batch, so a resumed run is exact
+            self.cache[keys[i]] = self.encoder(images[i:i + 1])[0]
         for k in keys:
             self.cache.move_to_end(k)
         out = torch.stack([self.cache[k] for k in keys])
